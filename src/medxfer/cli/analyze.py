@@ -1,0 +1,14 @@
+"""``medxfer-analyze``: not available yet in this version (tracked as issue #5)."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> None:
+    print("medxfer-analyze is not available yet in this version of medxfer (planned: issue #5).", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

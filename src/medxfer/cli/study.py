@@ -1,0 +1,30 @@
+"""``medxfer-study`` (what `make study` runs): the default study end to end, logged to MLflow.
+
+    medxfer-study                         # 3 EfficientNet-Lite models x 3 synthetic datasets, offline
+    medxfer-study study=mine models=[efficientnet_lite0] datasets=[synthetic_mri]
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from medxfer.config import config_dir
+from medxfer.stages.study import run_study
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="study")
+def main(cfg: DictConfig) -> None:
+    report = run_study(cfg)
+    print("[study] done: " + "; ".join(
+        f"{stage} {c['ran']} ran, {c['skipped']} already finished ({report.seconds[stage]:.0f} s)"
+        for stage, c in report.counts.items()
+    ))
+    analysis = report.outputs.get("analysis")
+    if analysis is not None and getattr(analysis, "figures", None):
+        print("[study] figures:\n  " + "\n  ".join(str(p) for p in analysis.figures))
+    print(f"[study] browse the runs: make ui  (MLflow UI on http://127.0.0.1:5000, store {cfg.tracking.uri})")
+
+
+if __name__ == "__main__":
+    main()

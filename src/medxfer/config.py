@@ -1,0 +1,32 @@
+"""Where the Hydra configs live, and the OmegaConf resolvers they use."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+_REPO_CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def config_dir() -> str:
+    """The ``conf/`` folder of the checkout (medxfer runs from a source checkout, installed editable)."""
+    if not _REPO_CONF.is_dir():
+        raise FileNotFoundError(
+            f"medxfer's config folder {_REPO_CONF} is missing; install medxfer from a checkout with `pip install -e .`"
+        )
+    return str(_REPO_CONF)
+
+
+def project_root() -> str:
+    """The folder that holds ``mlruns/``, ``data/`` and ``outputs/``: $MEDXFER_ROOT, else the working directory."""
+    return os.path.abspath(os.environ.get("MEDXFER_ROOT") or os.getcwd())
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("medxfer_root"):
+        OmegaConf.register_new_resolver("medxfer_root", project_root)
+
+
+register_resolvers()

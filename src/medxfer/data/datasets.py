@@ -1,0 +1,64 @@
+"""Build a dataset's train/val/test (and OOD) tables from a plain config dict."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from medxfer.data.readers import read_source, source_from_config
+from medxfer.data.splits import split_table, stratified_subsample
+from medxfer.data.tables import DataError, DatasetSplits, SampleTable, recode
+
+
+def load_dataset(cfg: dict[str, Any]) -> DatasetSplits:
+    """Read, split and (optionally) subsample a dataset described by a resolved ``dataset`` config node.
+
+    Splits come from the files when the source defines them (MedMNIST+), otherwise from a seeded stratified,
+    group-aware split (``cfg["split"]``).  ``cfg["ood"]``, when set, describes the out-of-distribution test
+    set; its classes must exist in the training data (use ``label_map`` to map them).
+    """
+    name = cfg["name"]
+    spec = source_from_config(cfg)
+    data = read_source(spec)
+    split_cfg = dict(cfg.get("split") or {})
+    if isinstance(data, dict):
+        tables = data
+    else:
+        tables = split_table(
+            data,
+            val=float(split_cfg.get("val", 0.15)),
+            test=float(split_cfg.get("test", 0.15)),
+            seed=int(split_cfg.get("seed", 0)),
+            by_group=bool(split_cfg.get("by_group", True)),
+        )
+    class_names = tables["train"].class_names
+    limits = dict(cfg.get("max_samples") or {})
+    seed = int(split_cfg.get("seed", 0))
+    for split in ("train", "val", "test"):
+        tables[split] = stratified_subsample(tables[split], limits.get(split), seed)
+    ood = None
+    if cfg.get("ood"):
+        ood_cfg = dict(cfg["ood"])
+        ood_cfg.setdefault("name", f"{name}_ood")
+        ood_data = read_source(source_from_config(ood_cfg))
+        if isinstance(ood_data, dict):  # a predefined-split source used as OOD: its test split
+            ood_data = ood_data["test"]
+        ood_data = recode(ood_data, class_names, f"OOD set {ood_cfg['name']!r} of dataset {name!r}")
+        ood = stratified_subsample(ood_data.subset(np.arange(len(ood_data)), f"{name}/ood"), limits.get("ood"), seed)
+    return DatasetSplits(
+        name=name, train=tables["train"], val=tables["val"], test=tables["test"], ood=ood,
+        class_names=class_names, label_mapping={c: i for i, c in enumerate(class_names)},
+    )
+
+
+def check_scoreable(table: SampleTable) -> None:
+    """Refuse a split that transferability scores cannot use: empty, or with fewer than two classes."""
+    if len(table) == 0:
+        raise DataError(f"split {table.name} is empty: no samples to score")
+    present = [table.class_names[c] for c in np.unique(table.labels)]
+    if len(present) < 2:
+        raise DataError(
+            f"split {table.name} has a single class ({present[0]!r}, {len(table)} samples); "
+            "transferability scores need at least 2 classes"
+        )

@@ -1,0 +1,244 @@
+"""Readers that turn files on disk into :class:`SampleTable` objects.
+
+Supported sources (``source:`` in a dataset config):
+
+* ``csv``: a CSV file with an image column and a label column (or one-hot label columns) and an optional
+  group column (patient id); image paths are relative to the dataset root.
+* ``folder``: an image folder whose class is a directory level (``<root>/<class>/.../<image>``).
+* ``medmnist``: a MedMNIST+ ``.npz`` file (``train_images``, ``train_labels``, ``val_...``, ``test_...``).
+* ``synthetic``: the synthetic benchmark, generated on first use as PNG files plus a CSV, then read as ``csv``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medxfer.data.tables import DataError, SampleTable, encode_labels, resolve_under
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
+MEDMNIST_HINT = (
+    "MedMNIST+ files are not downloaded by medxfer. Get '{flag}_{size}.npz' (or '{flag}.npz' for 28 px) "
+    "from https://zenodo.org/records/10519652 (or `pip install medmnist` and download it on a machine with "
+    "internet) and put it in {root}"
+)
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Where and how to read one image collection (a dataset, or its out-of-distribution set).
+
+    Built from a dataset config node by :func:`source_from_config`; every field has the meaning of the config
+    key of the same name (see ``conf/dataset/README.md``).
+    """
+
+    name: str
+    source: str
+    root: Path
+    csv: str = "labels.csv"
+    image_col: str = "image"
+    label_col: str = "label"
+    group_col: str | None = None
+    label_columns: tuple[str, ...] | None = None
+    image_template: str = "{image}"
+    label_map: dict[str, str] | None = None
+    label_level: int = 0
+    group_pattern: str | None = None
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS
+    allow_absolute_paths: bool = False
+    medmnist_flag: str | None = None
+    medmnist_size: int = 28
+    synthetic: dict[str, Any] = field(default_factory=dict)
+    download_hint: str | None = None
+
+
+def source_from_config(node: dict[str, Any]) -> SourceSpec:
+    """Make a :class:`SourceSpec` from a plain dict (a resolved dataset or dataset.ood config node)."""
+    known = set(SourceSpec.__dataclass_fields__)
+    ignored = {"split", "ood", "max_samples", "description"}
+    unknown = sorted(set(node) - known - ignored - {"medmnist"})
+    if unknown:
+        raise DataError(f"dataset {node.get('name')!r}: unknown config keys {unknown}; known: {sorted(known)}")
+    if node.get("root") in (None, "", "???"):
+        raise DataError(f"dataset {node.get('name')!r}: dataset.root is not set; pass dataset.root=/path/to/data")
+    kwargs = {k: v for k, v in node.items() if k in known}
+    kwargs["root"] = Path(str(node["root"])).expanduser()
+    for key in ("label_columns", "extensions"):
+        if kwargs.get(key) is not None:
+            kwargs[key] = tuple(kwargs[key])
+    if node.get("medmnist"):
+        kwargs["medmnist_flag"] = node["medmnist"].get("flag")
+        kwargs["medmnist_size"] = int(node["medmnist"].get("size", 28))
+    kwargs["synthetic"] = dict(node.get("synthetic") or {})
+    return SourceSpec(**kwargs)
+
+
+def read_source(spec: SourceSpec) -> SampleTable | dict[str, SampleTable]:
+    """Read a source: one table, or for MedMNIST its predefined ``train``/``val``/``test`` tables."""
+    if spec.source == "synthetic":
+        return read_csv(_generate(spec))
+    if spec.source == "csv":
+        return read_csv(spec)
+    if spec.source == "folder":
+        return read_folder(spec)
+    if spec.source == "medmnist":
+        return read_medmnist(spec)
+    raise DataError(f"dataset {spec.name!r}: unknown source {spec.source!r}; expected csv, folder, medmnist or synthetic")
+
+
+def _missing_root(spec: SourceSpec, what: Path) -> DataError:
+    hint = f"\n{spec.download_hint}" if spec.download_hint else ""
+    return DataError(
+        f"dataset {spec.name!r}: {what} does not exist. Set dataset.root=/path/to/{spec.name} "
+        f"(currently {spec.root}).{hint}"
+    )
+
+
+def _generate(spec: SourceSpec) -> SourceSpec:
+    from medxfer.data.synthetic import generate_synthetic
+
+    params = dict(spec.synthetic)
+    task = params.pop("task", spec.name)
+    csv_path = generate_synthetic(task, spec.root, **params)
+    return SourceSpec(**{**spec.__dict__, "source": "csv", "csv": Path(csv_path).name, "group_col": spec.group_col or "group"})
+
+
+def read_csv(spec: SourceSpec) -> SampleTable:
+    """Read a CSV table of images; the error names the file and the row at fault."""
+    path = spec.root / spec.csv
+    if not spec.root.exists():
+        raise _missing_root(spec, spec.root)
+    if not path.is_file():
+        raise _missing_root(spec, path)
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not a readable CSV file: {err}") from None
+    if spec.image_col not in df.columns:
+        raise DataError(f"{path}: no column {spec.image_col!r} for image paths; columns are {list(df.columns)}")
+    if spec.label_columns:
+        missing = [c for c in spec.label_columns if c not in df.columns]
+        if missing:
+            raise DataError(f"{path}: one-hot label columns {missing} missing; columns are {list(df.columns)}")
+        onehot = df[list(spec.label_columns)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+        bad = np.flatnonzero(~np.isfinite(onehot).all(axis=1) | (onehot.max(axis=1) <= 0))
+        if len(bad):
+            raise DataError(f"{path}: row {bad[0] + 2} has no positive one-hot label in {list(spec.label_columns)}")
+        raw = [spec.label_columns[i] for i in onehot.argmax(axis=1)]
+    else:
+        if spec.label_col not in df.columns:
+            raise DataError(f"{path}: no column {spec.label_col!r} for labels; columns are {list(df.columns)}")
+        raw = df[spec.label_col].tolist()
+    empty = [i for i, v in enumerate(raw) if str(v).strip() == ""]
+    if empty:
+        raise DataError(f"{path}: row {empty[0] + 2} has an empty label (column {spec.label_col!r})")
+    groups = None
+    if spec.group_col:
+        if spec.group_col not in df.columns:
+            raise DataError(f"{path}: group column {spec.group_col!r} not found; columns are {list(df.columns)}")
+        groups = df[spec.group_col].to_numpy(dtype=object)
+    images = df[spec.image_col].tolist()
+    keep = np.arange(len(df))
+    raw = [str(v) for v in raw]
+    if spec.label_map:
+        mapped = [spec.label_map.get(v, v) for v in raw]
+        keep = np.array([i for i, v in enumerate(mapped) if v is not None and v != "__drop__"], dtype=np.int64)
+        raw = [mapped[i] for i in keep]
+    paths = []
+    for i in keep:
+        rel = spec.image_template.format(image=images[i])
+        where = f"{path} row {i + 2}"
+        if str(images[i]).strip() == "":
+            raise DataError(f"{where}: empty image path (column {spec.image_col!r})")
+        paths.append(resolve_under(spec.root, rel, allow_absolute=spec.allow_absolute_paths, where=where))
+    labels, names = encode_labels(raw, str(path))
+    return SampleTable(
+        name=spec.name, labels=labels, class_names=names, paths=tuple(paths),
+        groups=None if groups is None else groups[keep],
+        ids=tuple(spec.image_template.format(image=images[i]) for i in keep),
+    )
+
+
+def read_folder(spec: SourceSpec) -> SampleTable:
+    """Read ``<root>/.../<class>/.../<image>``; the class is the directory at ``label_level`` below the root
+    (0 = first level, -1 = the image's own folder); ``group_pattern`` is a regex whose first group, searched
+    in the file name, gives the group (e.g. BreakHis patient ids)."""
+    if not spec.root.is_dir():
+        raise _missing_root(spec, spec.root)
+    exts = {e.lower() for e in spec.extensions}
+    files = sorted(p for p in spec.root.rglob("*") if p.suffix.lower() in exts and p.is_file())
+    if not files:
+        raise DataError(f"dataset {spec.name!r}: no image files ({', '.join(sorted(exts))}) under {spec.root}")
+    raw, groups, rels = [], [], []
+    pattern = re.compile(spec.group_pattern) if spec.group_pattern else None
+    kept = []
+    for f in files:
+        rel = f.relative_to(spec.root)
+        dirs = rel.parts[:-1]
+        try:
+            label = dirs[spec.label_level]
+        except IndexError:
+            raise DataError(
+                f"dataset {spec.name!r}: {f} has no class folder at label_level={spec.label_level} below {spec.root}"
+            ) from None
+        if spec.label_map:
+            label = spec.label_map.get(label, label)
+            if label is None or label == "__drop__":
+                continue
+        if pattern:
+            m = pattern.search(f.name)
+            if not m:
+                raise DataError(f"dataset {spec.name!r}: file name {f.name} does not match group_pattern {spec.group_pattern!r}")
+            groups.append(m.group(1))
+        raw.append(label)
+        rels.append(str(rel))
+        kept.append(f)
+    labels, names = encode_labels(raw, str(spec.root))
+    return SampleTable(
+        name=spec.name, labels=labels, class_names=names, paths=tuple(kept),
+        groups=np.array(groups, dtype=object) if pattern else None, ids=tuple(rels),
+    )
+
+
+def read_medmnist(spec: SourceSpec) -> dict[str, SampleTable]:
+    """Read a MedMNIST+ ``.npz`` file from ``root`` (no download): predefined train/val/test splits."""
+    flag, size = spec.medmnist_flag, spec.medmnist_size
+    if not flag:
+        raise DataError(f"dataset {spec.name!r}: medmnist.flag is not set (e.g. pathmnist, dermamnist)")
+    candidates = [spec.root / f"{flag}_{size}.npz"] + ([spec.root / f"{flag}.npz"] if size == 28 else [])
+    path = next((c for c in candidates if c.is_file()), None)
+    if path is None:
+        raise DataError(
+            f"dataset {spec.name!r}: {candidates[0]} not found. " + MEDMNIST_HINT.format(flag=flag, size=size, root=spec.root)
+        )
+    try:
+        npz = np.load(path, allow_pickle=False)
+        arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: not a readable MedMNIST .npz file: {err}") from None
+    tables = {}
+    all_labels = []
+    for split in ("train", "val", "test"):
+        if f"{split}_images" not in arrays or f"{split}_labels" not in arrays:
+            raise DataError(f"{path}: missing arrays {split}_images/{split}_labels; found {sorted(arrays)}")
+        lab = arrays[f"{split}_labels"]
+        if lab.ndim == 2 and lab.shape[1] > 1:
+            raise DataError(f"{path}: {split}_labels has {lab.shape[1]} columns (multi-label); medxfer needs one label per image")
+        all_labels.append(lab.reshape(-1))
+    codes, names = encode_labels([str(v) for v in np.concatenate(all_labels)], str(path))
+    start = 0
+    for split, lab in zip(("train", "val", "test"), all_labels):
+        images = arrays[f"{split}_images"]
+        if images.dtype != np.uint8:
+            raise DataError(f"{path}: {split}_images has dtype {images.dtype}, expected uint8")
+        tables[split] = SampleTable(
+            name=f"{spec.name}/{split}", labels=codes[start:start + len(lab)], class_names=names, images=images,
+            ids=tuple(f"{split}:{i}" for i in range(len(lab))),
+        )
+        start += len(lab)
+    return tables

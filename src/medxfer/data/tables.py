@@ -1,0 +1,182 @@
+"""Sample tables: which images belong to a split, with integer labels and class names.
+
+A table holds images either as file paths (CSV, image folders, the synthetic benchmark) or as an in-memory
+uint8 array (MedMNIST+ ``.npz``).  Everything downstream (splits, torch datasets, the feature cache) sees
+the same small interface, so real-data loading code and the synthetic benchmark run through one path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+
+class DataError(ValueError):
+    """Bad or missing data: the message names the file, row, value or option at fault."""
+
+
+@dataclass(frozen=True)
+class SampleTable:
+    """Images of one split.
+
+    Attributes:
+        name: ``"<dataset>/<split>"``, used in messages and cache keys.
+        labels: (N,) int64 codes in ``0..C-1`` indexing ``class_names``.
+        class_names: class name of each code (shared by all splits of a dataset).
+        paths: (N,) image files, or None when ``images`` holds the pixels.
+        images: (N, H, W) or (N, H, W, C) uint8 array, or None.
+        groups: (N,) group ids (patients) or None.
+        ids: (N,) a stable identifier per sample (relative path or array index), hashed into ``digest``.
+    """
+
+    name: str
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    paths: tuple[Path, ...] | None = None
+    images: np.ndarray | None = field(default=None, repr=False)
+    groups: np.ndarray | None = None
+    ids: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        n = len(self.labels)
+        if (self.paths is None) == (self.images is None):
+            raise ValueError("a SampleTable holds either paths or images, exactly one of them")
+        if self.paths is not None and len(self.paths) != n:
+            raise ValueError(f"{self.name}: {len(self.paths)} paths for {n} labels")
+        if self.images is not None and len(self.images) != n:
+            raise ValueError(f"{self.name}: {len(self.images)} images for {n} labels")
+        if not self.ids:
+            ids = [str(p) for p in self.paths] if self.paths is not None else [str(i) for i in range(n)]
+            object.__setattr__(self, "ids", tuple(ids))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    def subset(self, index: np.ndarray, name: str) -> "SampleTable":
+        """The rows ``index`` of this table, as a new table called ``name``."""
+        index = np.asarray(index, dtype=np.int64)
+        return SampleTable(
+            name=name,
+            labels=self.labels[index],
+            class_names=self.class_names,
+            paths=None if self.paths is None else tuple(self.paths[i] for i in index),
+            images=None if self.images is None else self.images[index],
+            groups=None if self.groups is None else self.groups[index],
+            ids=tuple(self.ids[i] for i in index),
+        )
+
+    def load_image(self, i: int) -> Image.Image:
+        """Sample ``i`` as an 8-bit RGB image (grayscale, RGBA, palette and 16-bit images are converted)."""
+        if self.images is not None:
+            return to_rgb(Image.fromarray(self.images[i]))
+        path = self.paths[i]
+        try:
+            with Image.open(path) as img:
+                img.load()
+                return to_rgb(img)
+        except FileNotFoundError:
+            raise DataError(f"{self.name}: image file not found: {path} (row {i} of the split)") from None
+        except (UnidentifiedImageError, OSError, SyntaxError) as err:
+            raise DataError(f"{self.name}: cannot read image {path} (row {i} of the split): {err}") from None
+
+    def digest(self) -> str:
+        """SHA-256 of the sample ids and labels: changes when the split's content changes."""
+        h = hashlib.sha256()
+        h.update("\n".join(self.class_names).encode())
+        for sample_id, label in zip(self.ids, self.labels.tolist()):
+            h.update(f"\n{sample_id}\t{label}".encode())
+        return h.hexdigest()
+
+    def class_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.labels, minlength=self.n_classes)
+        return {name: int(c) for name, c in zip(self.class_names, counts)}
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL image to 8-bit RGB; 16-bit grayscale is rescaled by its own range, not clipped."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo) * 255.0
+        img = Image.fromarray(scaled.round().astype(np.uint8), mode="L")
+    if img.mode == "RGBA" or img.mode == "LA" or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB")
+
+
+@dataclass(frozen=True)
+class DatasetSplits:
+    """The splits of one dataset; ``ood`` is the out-of-distribution test set, or None."""
+
+    name: str
+    train: SampleTable
+    val: SampleTable
+    test: SampleTable
+    ood: SampleTable | None
+    class_names: tuple[str, ...]
+    label_mapping: dict[str, int]
+
+    def split(self, name: str) -> SampleTable:
+        table = {"train": self.train, "val": self.val, "test": self.test, "ood": self.ood}.get(name)
+        if table is None:
+            if name == "ood":
+                raise DataError(f"dataset {self.name!r} has no out-of-distribution set (dataset.ood is null)")
+            raise DataError(f"unknown split {name!r}; expected one of train, val, test, ood")
+        return table
+
+    def digest(self) -> str:
+        """SHA-256 over the digests of every split (file list and labels)."""
+        parts = [t.digest() for t in (self.train, self.val, self.test, self.ood) if t is not None]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def encode_labels(raw: list[str], source: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Re-encode label values to 0..C-1 in sorted order of their string form."""
+    if len(raw) == 0:
+        raise DataError(f"{source}: no samples found")
+    names = tuple(sorted({str(v) for v in raw}))
+    code = {n: i for i, n in enumerate(names)}
+    return np.array([code[str(v)] for v in raw], dtype=np.int64), names
+
+
+def recode(table: SampleTable, class_names: tuple[str, ...], what: str) -> SampleTable:
+    """Express ``table``'s labels in another class list (used for OOD sets); unknown classes are an error."""
+    code = {n: i for i, n in enumerate(class_names)}
+    unknown = sorted(set(table.class_names) - set(code))
+    if unknown:
+        raise DataError(
+            f"{what}: classes {unknown} do not exist in the training data (classes {list(class_names)}); "
+            "map them with label_map in the dataset config"
+        )
+    new = np.array([code[table.class_names[c]] for c in table.labels], dtype=np.int64)
+    return SampleTable(
+        name=table.name, labels=new, class_names=class_names, paths=table.paths, images=table.images,
+        groups=table.groups, ids=table.ids,
+    )
+
+
+def resolve_under(root: Path, value: str, *, allow_absolute: bool, where: str) -> Path:
+    """Resolve an image path from a CSV under the dataset root; refuse escapes unless allowed."""
+    p = Path(value)
+    if p.is_absolute():
+        if not allow_absolute:
+            raise DataError(f"{where}: absolute image path {value!r} refused (set dataset.allow_absolute_paths=true)")
+        return p
+    full = (root / p).resolve()
+    if not allow_absolute and not full.is_relative_to(root.resolve()):
+        raise DataError(f"{where}: image path {value!r} points outside the dataset root {root}")
+    return full
+
+
+def as_paths(values: list[Path]) -> tuple[Path, ...]:
+    return tuple(Path(v) for v in values)

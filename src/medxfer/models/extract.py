@@ -1,0 +1,139 @@
+"""Penultimate features and source-head (ImageNet) probabilities, with an on-disk cache.
+
+Extraction runs as a Lightning ``Trainer.predict`` over a :class:`FeatureExtractor`; the cache stores one
+``.npz`` per (model, weights digest, dataset split, transform) with a SHA-256 checksum beside it, written under
+a temporary name and renamed into place, so a truncated or corrupted file is detected and recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from medxfer.data.tables import SampleTable
+from medxfer.data.transforms import ImageDataset, Preprocess, eval_transform
+
+log = logging.getLogger(__name__)
+
+
+def quiet_lightning() -> None:
+    """Drop Lightning's per-Trainer banner lines (GPU available, tips); warnings still show."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class FeatureExtractor(L.LightningModule):
+    """Wraps a timm classifier: ``predict_step`` returns pooled pre-logit features and softmax probabilities."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def predict_step(self, batch, batch_idx):
+        x, y = batch
+        pooled = self.model.forward_features(x)
+        features = self.model.forward_head(pooled, pre_logits=True)
+        logits = self.model.get_classifier()(features)
+        probs = torch.softmax(logits.double(), dim=-1)
+        return features.float().cpu(), probs.float().cpu(), y.cpu()
+
+
+@dataclass(frozen=True)
+class Features:
+    """Features (N, D) float32, source probabilities (N, S) float32 and labels (N,) int64 of one split."""
+
+    features: np.ndarray
+    probs: np.ndarray
+    labels: np.ndarray
+
+
+def extract_features(
+    model: nn.Module, table: SampleTable, preprocess: Preprocess, *, batch_size: int = 32, num_workers: int = 0,
+    accelerator: str = "auto", progress: bool = True,
+) -> Features:
+    """Run ``model`` over ``table`` with the evaluation transform; returns features, probabilities, labels."""
+    loader = DataLoader(
+        ImageDataset(table, eval_transform(preprocess)), batch_size=batch_size, shuffle=False,
+        num_workers=num_workers, persistent_workers=False,
+    )
+    quiet_lightning()
+    trainer = L.Trainer(
+        accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False, enable_model_summary=False,
+        enable_progress_bar=progress, inference_mode=True,
+    )
+    outputs = trainer.predict(FeatureExtractor(model), dataloaders=loader)
+    feats = torch.cat([o[0] for o in outputs]).numpy()
+    probs = torch.cat([o[1] for o in outputs]).numpy()
+    labels = torch.cat([o[2] for o in outputs]).numpy().astype(np.int64)
+    return Features(feats, probs, labels)
+
+
+def cache_key(**parts) -> str:
+    """A stable hex key for the JSON-serialisable ``parts``."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class FeatureCache:
+    """Features on disk under ``root/<model>/<dataset>/<split>-<key>.npz``, each with a ``.sha256`` file."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def path(self, model: str, dataset: str, split: str, key: str) -> Path:
+        return self.root / model / dataset / f"{split}-{key[:20]}.npz"
+
+    def load(self, path: Path) -> Features | None:
+        """The cached features, or None when absent; a file whose checksum fails is deleted and reported."""
+        digest_file = path.with_suffix(".sha256")
+        if not path.exists():
+            return None
+        expected = digest_file.read_text().strip() if digest_file.exists() else None
+        actual = _file_sha256(path)
+        if expected != actual:
+            log.warning("feature cache file %s is corrupted (checksum %s, expected %s); recomputing", path, actual[:12], (expected or "none")[:12])
+            path.unlink(missing_ok=True)
+            digest_file.unlink(missing_ok=True)
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                return Features(npz["features"], npz["probs"], npz["labels"])
+        except (OSError, ValueError, KeyError) as err:
+            log.warning("feature cache file %s is unreadable (%s); recomputing", path, err)
+            path.unlink(missing_ok=True)
+            return None
+
+    def save(self, path: Path, feats: Features) -> None:
+        """Write atomically: a temporary file in the same folder, its checksum, then renames."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.stem, suffix=".tmp.npz", dir=path.parent)
+        os.close(fd)
+        try:
+            np.savez(tmp, features=feats.features, probs=feats.probs, labels=feats.labels)
+            digest = _file_sha256(Path(tmp))
+            tmp_digest = tmp + ".sha256"
+            Path(tmp_digest).write_text(digest + "\n")
+            os.replace(tmp_digest, path.with_suffix(".sha256"))
+            os.replace(tmp, path)
+        finally:
+            for leftover in (tmp, tmp + ".sha256"):
+                if os.path.exists(leftover):
+                    os.unlink(leftover)
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

