@@ -57,3 +57,39 @@ def score_cfg(project, shared_data_dir):
         return compose_config("score", [f"paths.data_dir={shared_data_dir}", *TINY, *overrides])
 
     return make
+
+
+def log_fake_study(root: Path, study: str = "default", models=("m1", "m2", "m3", "m4"), datasets=("d1", "d2"),
+                   seed: int = 0, skip: tuple = ()) -> dict:
+    """Log a small study straight into MLflow, following the run schema (score runs, two fine-tune trials per
+    cell): analysis and notebook tests query it like a real one. Returns the numbers logged."""
+    import mlflow
+    import numpy as np
+
+    from medxfer.tracking import ensure_experiment, setup_tracking
+
+    rng = np.random.default_rng(seed)
+    setup_tracking(f"sqlite:///{root}/mlruns/mlflow.db")
+    artifacts = str(root / "mlruns" / "artifacts")
+    score_exp = ensure_experiment(f"{study}/score", artifacts)
+    ft_exp = ensure_experiment(f"{study}/finetune", artifacts)
+    truth = {}
+    for d in datasets:
+        for m in models:
+            if (m, d) in skip:
+                continue
+            tags = {"model": m, "dataset": d, "study": study}
+            with mlflow.start_run(experiment_id=score_exp, tags={**tags, "stage": "score", "split": "iid"}):
+                vals = {"score/alpha": float(rng.normal()), "score/beta": float(rng.normal())}
+                mlflow.log_metrics(vals)
+            trials = []
+            for t in (0, 1):
+                with mlflow.start_run(experiment_id=ft_exp, tags={**tags, "stage": "finetune", "split": "iid"}):
+                    mlflow.log_param("trial", t)
+                    mets = {"val/bal_acc": float(rng.uniform(0.5, 1)), "test/bal_acc": float(rng.uniform(0.5, 1)),
+                            "ood/bal_acc": float(rng.uniform(0.3, 1)), "ood_score/alpha": float(rng.normal()),
+                            "ood_score/beta": float(rng.normal())}
+                    mlflow.log_metrics(mets)
+                    trials.append(mets)
+            truth[(m, d)] = {**vals, "selected": max(trials, key=lambda x: x["val/bal_acc"])}
+    return truth

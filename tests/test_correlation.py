@@ -125,3 +125,9 @@ def test_paper_table_every_panel_equals_scipy():
     for _, row in out[out.dataset != "ALL"].iterrows():
         g = table[(table.dataset == row.dataset) & (table.score == row.score)]
         assert row.tau == pytest.approx(stats.kendalltau(g.value, g.target).statistic, abs=1e-12)
+
+
+def test_row_order_changes_nothing():
+    table = _table(np.random.default_rng(2))
+    shuffled = table.sample(frac=1.0, random_state=5).reset_index(drop=True)
+    pd.testing.assert_frame_equal(correlate(table, n_boot=200), correlate(shuffled, n_boot=200))

@@ -47,13 +47,13 @@ def test_rerun_adds_no_run_and_does_no_forward_pass(score_cfg, project, monkeypa
     def forbidden(*a, **k):
         raise AssertionError("a forward pass was made for a finished cell")
 
-    monkeypatch.setattr(score_stage, "extract_features", forbidden)
-    monkeypatch.setattr(score_stage, "create_model", forbidden)
-    results = run_score(score_cfg())
+    with monkeypatch.context() as m:
+        m.setattr(score_stage, "extract_features", forbidden)
+        m.setattr(score_stage, "create_model", forbidden)
+        results = run_score(score_cfg())
     assert all(r.skipped for r in results)
     assert len(_runs(project)) == len(first) == 2
     # force=true runs again, but the feature cache spares the forward pass and gives the same scores
-    monkeypatch.undo()
     monkeypatch.setattr(score_stage, "extract_features", forbidden)
     forced = run_score(score_cfg("force=true"))
     assert all(r.cached_features and not r.skipped for r in forced)

@@ -114,6 +114,8 @@ def correlate(table: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0) -> pd.D
         A correlation that is undefined (a constant score) is NaN with an :class:`UndefinedCorrelation` warning.
     """
     t = _check(table)
+    # a fixed row order makes the seeded bootstrap independent of how the table was assembled
+    t = t.assign(model=t["model"].astype(str)).sort_values(["dataset", "score", "model"], kind="stable")
     rows = []
     for (dataset, score), g in t.groupby(["dataset", "score"], sort=True):
         x, y = g["value"].to_numpy(float), g["target"].to_numpy(float)

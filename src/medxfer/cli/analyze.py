@@ -1,13 +1,23 @@
-"""``medxfer-analyze``: not available yet in this version (tracked as issue #5)."""
+"""``medxfer-analyze``: correlations of transferability scores with fine-tuned accuracy, from tracked runs.
+
+    medxfer-analyze                      # the default study
+    medxfer-analyze study=pilot select.metric=val/bal_acc bootstrap.n=2000
+"""
 
 from __future__ import annotations
 
-import sys
+import hydra
+from omegaconf import DictConfig
+
+from medxfer.cli._hydra import task_overrides
+from medxfer.config import config_dir
+from medxfer.stages.analyze import run_analyze
 
 
-def main() -> None:
-    print("medxfer-analyze is not available yet in this version of medxfer (planned: issue #5).", file=sys.stderr)
-    sys.exit(2)
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="analyze")
+def main(cfg: DictConfig) -> None:
+    result = run_analyze(cfg, overrides=task_overrides())
+    print("[analyze] figures:\n  " + "\n  ".join(str(p) for p in result.figures))
 
 
 if __name__ == "__main__":

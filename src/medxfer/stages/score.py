@@ -21,7 +21,7 @@ from medxfer.data.tables import SampleTable
 from medxfer.data.transforms import resolve_preprocess
 from medxfer.models.extract import FeatureCache, Features, cache_key, extract_features
 from medxfer.models.zoo import ModelSpec, create_model, model_data_config, resolve_weights, state_dict_digest
-from medxfer.tracking import cell_id, cell_run, ensure_experiment, find_finished_run, setup_tracking
+from medxfer.tracking import cell_id, cell_run, ensure_experiment, find_finished_run, reap_dead_runs, setup_tracking
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ def run_score(cfg: DictConfig, overrides: list[str] | None = None) -> list[CellR
     names = score_names(c["score"]["names"])
     setup_tracking(c["tracking"]["uri"])
     experiment_id = ensure_experiment(c["tracking"]["experiment"], c["tracking"].get("artifact_root"))
+    reap_dead_runs(experiment_id)
     cells = score_cell_ids(c, names)
     model_name, dataset_name = c["model"]["name"], c["dataset"]["name"]
     results, todo = [], []
@@ -108,6 +109,7 @@ def run_score(cfg: DictConfig, overrides: list[str] | None = None) -> list[CellR
             "stage": "score", "model": model_name, "dataset": dataset_name, "split": split,
             "study": c["study"], "cell": cells[split], "weights_source": weights.kind,
             "weights_digest": weights_digest, "split_digest": table.digest(),
+            **{str(k): str(v) for k, v in (c.get("tags") or {}).items()},
         }
         with cell_run(experiment_id, run_name=f"{model_name}-{dataset_name}-{split}", tags=tags, config=c, overrides=overrides) as run:
             mlflow.log_dict({"class_names": list(data.class_names), "label_mapping": data.label_mapping,

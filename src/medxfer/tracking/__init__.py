@@ -7,10 +7,11 @@ from medxfer.tracking.store import (
     ensure_experiment,
     environment_tags,
     find_finished_run,
+    reap_dead_runs,
     setup_tracking,
 )
 
 __all__ = [
-    "TrackingError", "cell_id", "cell_run", "ensure_experiment", "environment_tags", "find_finished_run",
+    "TrackingError", "cell_id", "cell_run", "ensure_experiment", "environment_tags", "find_finished_run", "reap_dead_runs",
     "setup_tracking",
 ]

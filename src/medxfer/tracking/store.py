@@ -9,6 +9,8 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
+import socket
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -101,6 +103,36 @@ def find_finished_run(experiment_id: str, cell: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_dead_runs(experiment_id: str) -> list[str]:
+    """Mark KILLED the runs left RUNNING by a process of this host that no longer exists (e.g. a sweep
+    killed with SIGKILL), so they are retried and never mistaken for work in progress. Runs of other hosts,
+    or of live processes (parallel workers), are left alone. Returns the ids marked."""
+    client = MlflowClient()
+    host = socket.gethostname()
+    reaped = []
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000):
+        tags = run.data.tags
+        if tags.get("host") != host or not tags.get("pid", "").isdigit():
+            continue
+        if not _pid_alive(int(tags["pid"])):
+            client.set_tag(run.info.run_id, "error", f"process {tags['pid']} on {host} died while the run was RUNNING")
+            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+            reaped.append(run.info.run_id)
+    if reaped:
+        log.warning("marked %d run(s) left RUNNING by dead processes as KILLED: %s", len(reaped), ", ".join(reaped))
+    return reaped
+
+
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in d.items():
@@ -139,7 +171,8 @@ def cell_run(
 ) -> Iterator[mlflow.ActiveRun]:
     """Start a run with the schema's tags, config artifacts and flattened params; end it FINISHED on success,
     FAILED on an error (the message kept in the ``error`` tag) and KILLED on Ctrl-C, never left RUNNING."""
-    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags={**environment_tags(), **tags})
+    owner = {"host": socket.gethostname(), "pid": str(os.getpid())}
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags={**environment_tags(), **owner, **tags})
     try:
         mlflow.log_dict(config, "config.yaml")
         mlflow.log_dict({"overrides": list(overrides or [])}, "overrides.yaml")

@@ -1,0 +1,343 @@
+"""The fine-tune stage: one Halton trial of one (model, dataset) pair, one MLflow run.
+
+Order of work, so that a bad setup fails before anything expensive: trial and search space checked → tracking
+store reachable → a FINISHED run of the cell skips everything → weights resolved and model built → data read,
+split and checked → fit (resuming from ``last.ckpt`` when an earlier attempt of this cell was interrupted) →
+the checkpoint with the lowest validation loss is evaluated on val, test and, where the dataset has one, the
+out-of-distribution set, whose features and new-head probabilities also give the ``ood_score/<name>`` metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import signal
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import lightning as L
+import mlflow
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from medxfer.data.datasets import load_dataset
+from medxfer.data.transforms import resolve_preprocess
+from medxfer.models.extract import Features, extract_features, quiet_lightning
+from medxfer.models.zoo import ModelSpec, create_model, model_data_config, resolve_weights, state_dict_digest
+from medxfer.stages.score import _strip_roots
+from medxfer.tracking import cell_id, cell_run, ensure_experiment, find_finished_run, setup_tracking
+from medxfer.training.callbacks import MlflowEpochMetrics
+from medxfer.training.checkpoints import (
+    BEST, KEEP_CHOICES, TrialCheckpoints, file_sha256, prune_checkpoints, read_checkpoint,
+)
+from medxfer.training.data import check_trainable, make_loader
+from medxfer.training.halton import halton_trial
+from medxfer.training.metrics import BalancedAccuracy
+from medxfer.training.module import FineTuner
+
+log = logging.getLogger(__name__)
+
+#: ``finetune.*`` keys that change what a trial computes; they (with model, dataset, preprocess, trial) make the cell.
+#: The others (keep, checkpoint_dir, accelerator, num_workers, progress) change where or how fast, not what.
+RESULT_KEYS = (
+    "max_epochs", "batch_size", "momentum", "nesterov", "eta_min", "seed", "deterministic", "precision",
+    "lr_bounds", "wd_bounds",
+)
+#: The metric that picks the trial whose checkpoint ``finetune.keep=best`` keeps.
+SELECTION_METRIC = "best/val_bal_acc"
+
+
+class FinetuneConfigError(ValueError):
+    """A ``finetune.*`` setting that cannot work."""
+
+
+@dataclass
+class FinetuneResult:
+    """What one trial produced. ``metrics`` is None when the trial was skipped (its run had FINISHED)."""
+
+    trial: int
+    lr: float
+    wd: float
+    run_id: str | None
+    skipped: bool
+    metrics: dict[str, float] | None = None
+    checkpoint: str | None = None
+    resumed_from_epoch: int | None = None
+    deleted_checkpoints: list[str] = field(default_factory=list)
+
+
+def _training_parts(c: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "stage": "finetune", "model": c["model"], "dataset": _strip_roots(c["dataset"]),
+        "preprocess": c["preprocess"], "finetune": {k: c["finetune"].get(k) for k in RESULT_KEYS},
+    }
+
+
+def sweep_id(c: dict[str, Any]) -> str:
+    """The id shared by all trials of one search (same model, data, preprocessing and training settings)."""
+    return cell_id(_training_parts(c))
+
+
+def finetune_cell_id(c: dict[str, Any]) -> str:
+    """The id of one trial: the search it belongs to plus the trial index."""
+    return cell_id({**_training_parts(c), "trial": c["trial"]})
+
+
+def check_finetune_config(ft: dict[str, Any]) -> None:
+    """Fail early on settings that cannot work, naming the key."""
+    if ft["keep"] not in KEEP_CHOICES:
+        raise FinetuneConfigError(f"finetune.keep={ft['keep']!r}; expected one of {list(KEEP_CHOICES)}")
+    for key, least in (("max_epochs", 1), ("batch_size", 1), ("num_workers", 0)):
+        value = ft[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise FinetuneConfigError(f"finetune.{key}={value!r}; expected an integer >= {least}")
+    if not ft.get("checkpoint_dir"):
+        raise FinetuneConfigError("finetune.checkpoint_dir is not set; it is where a trial's checkpoints go")
+
+
+def ood_score_names(c: dict[str, Any]) -> list[str]:
+    """The scores to compute on the OOD set: none when the dataset has no OOD set or ``ood_scores`` is empty."""
+    requested = c.get("ood_scores")
+    if not c["dataset"].get("ood") or requested == []:
+        return []
+    from medxfer.stages.score import score_names
+
+    return score_names(requested)
+
+
+def run_finetune(
+    cfg: DictConfig, overrides: list[str] | None = None, *, callbacks: Sequence[L.Callback] = (),
+) -> FinetuneResult:
+    """Fine-tune one Halton trial (``cfg.trial``) of one (model, dataset) pair and log it as one MLflow run.
+
+    ``callbacks`` are extra Lightning callbacks for the Trainer (tests use one to interrupt a fit).
+    """
+    c = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    ft = c["finetune"]
+    trial = c["trial"]
+    lr, wd = halton_trial(trial, ft["lr_bounds"], ft["wd_bounds"])
+    check_finetune_config(ft)
+    names = ood_score_names(c)
+    setup_tracking(c["tracking"]["uri"])
+    experiment_id = ensure_experiment(c["tracking"]["experiment"], c["tracking"].get("artifact_root"))
+    cell, sweep = finetune_cell_id(c), sweep_id(c)
+    model_name, dataset_name = c["model"]["name"], c["dataset"]["name"]
+    label = f"[finetune] {model_name} x {dataset_name} trial {trial} (lr={lr:.3g}, wd={wd:.3g})"
+    done = None if c["force"] else find_finished_run(experiment_id, cell)
+    if done:
+        print(f"{label}: done (run {done}), skipping", flush=True)
+        return FinetuneResult(trial, lr, wd, done, skipped=True)
+
+    spec = ModelSpec.from_config(c["model"])
+    weights = resolve_weights(spec)
+    model = create_model(spec, weights)
+    weights_digest = state_dict_digest(model)
+    data = load_dataset(c["dataset"])
+    check_trainable(data)
+    preprocess = resolve_preprocess(model_data_config(model), c["preprocess"])
+    checkpoints = TrialCheckpoints(ft["checkpoint_dir"], cell)
+    resume = None if c["force"] else checkpoints.resumable()
+    resume_epoch = None
+    if resume is not None:
+        resume_epoch = int(read_checkpoint(resume)["epoch"]) + 1
+        print(f"{label}: resuming from {resume} (epoch {resume_epoch})", flush=True)
+    else:
+        checkpoints.start_fresh()
+        print(f"{label}: starting", flush=True)
+
+    tags = {
+        "stage": "finetune", "model": model_name, "dataset": dataset_name, "split": "iid", "study": c["study"],
+        "cell": cell, "sweep": sweep, "trial": str(trial), "weights_source": weights.kind,
+        "weights_digest": weights_digest, "split_digest": data.digest(),
+    }
+    if resume is not None:
+        tags["resumed_from_epoch"] = str(resume_epoch)
+    t_start = time.perf_counter()
+    with cell_run(experiment_id, run_name=f"{model_name}-{dataset_name}-trial{trial}", tags=tags, config=c,
+                  overrides=overrides) as run:
+        mlflow.log_dict({"class_names": list(data.class_names), "label_mapping": data.label_mapping,
+                         "class_counts": {s.name: s.class_counts() for s in (data.train, data.val, data.test, data.ood) if s is not None}},
+                        "labels.json")
+        mlflow.log_params({
+            "lr": lr, "wd": wd, "trial": trial, "n_classes": len(data.class_names), "n_train": len(data.train),
+            "n_val": len(data.val), "n_test": len(data.test), "n_ood": len(data.ood) if data.ood is not None else 0,
+            "preprocess_resolved": str(preprocess.as_dict()),
+        })
+        loaders = {
+            split: make_loader(table, preprocess, train=split == "train", batch_size=ft["batch_size"],
+                               num_workers=ft["num_workers"])
+            for split, table in (("train", data.train), ("val", data.val), ("test", data.test))
+        }
+        with _training_determinism(ft["deterministic"]):
+            L.seed_everything(ft["seed"], workers=True, verbose=False)
+            module = FineTuner(model, len(data.class_names), lr=lr, wd=wd, max_epochs=ft["max_epochs"],
+                               momentum=ft["momentum"], nesterov=ft["nesterov"], eta_min=ft["eta_min"])
+            checkpoint_cb = ModelCheckpoint(
+                dirpath=checkpoints.path, filename=BEST, monitor="val/loss", mode="min", save_top_k=1,
+                save_last=True, enable_version_counter=False,
+            )
+            trainer = _trainer(ft, [checkpoint_cb, MlflowEpochMetrics(), *callbacks])
+            t0 = time.perf_counter()
+            with _quiet_lightning_warnings(), _interrupt_as_keyboard_interrupt(trainer):
+                trainer.fit(module, loaders["train"], loaders["val"], ckpt_path=resume, weights_only=True)
+            fit_s = time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+            best_path = checkpoint_cb.best_model_path or str(checkpoints.best)
+            best = read_checkpoint(best_path)
+            module.load_state_dict(best["state_dict"])
+            metrics = {"best_epoch": float(best["epoch"])}
+            with _quiet_lightning_warnings():
+                val = trainer.validate(module, loaders["val"], verbose=False)[0]
+                test = trainer.test(module, loaders["test"], verbose=False)[0]
+            metrics.update({"best/val_loss": val["val/loss"], "best/val_bal_acc": val["val/bal_acc"],
+                            "test/bal_acc": test["test/bal_acc"], "test/acc": test["test/acc"],
+                            "test/loss": test["test/loss"]})
+            eval_s = time.perf_counter() - t0
+            if data.ood is not None:
+                t0 = time.perf_counter()
+                with _quiet_lightning_warnings():
+                    feats = extract_features(module.model, data.ood, preprocess, batch_size=ft["batch_size"],
+                                             num_workers=ft["num_workers"], accelerator=ft["accelerator"],
+                                             progress=ft["progress"])
+                metrics.update(_ood_accuracy(feats, len(data.class_names)))
+                metrics["time/ood_eval_s"] = time.perf_counter() - t0
+                metrics.update(_ood_scores(feats, names))
+        metrics.update({"time/fit_s": fit_s, "time/eval_s": eval_s, "time/total_s": time.perf_counter() - t_start})
+        _log_final(metrics)
+        digest = file_sha256(best_path)
+        mlflow.set_tags({"checkpoint_path": str(best_path), "checkpoint_digest": digest, "checkpoint_keep": ft["keep"]})
+        run_id = run.info.run_id
+    checkpoints.finish(ft["keep"])
+    deleted = _apply_keep(experiment_id, sweep, ft["keep"])
+    summary = ", ".join(f"{k}={metrics[k]:.3f}" for k in ("test/bal_acc", "ood/bal_acc", "best_epoch") if k in metrics)
+    print(f"{label}: {summary} in {metrics['time/total_s']:.1f}s", flush=True)
+    kept = best_path if ft["keep"] != "none" and best_path not in deleted else None
+    return FinetuneResult(trial, lr, wd, run_id, skipped=False, metrics=metrics, checkpoint=kept,
+                          resumed_from_epoch=resume_epoch, deleted_checkpoints=deleted)
+
+
+def _trainer(ft: dict[str, Any], callbacks: list[L.Callback]) -> L.Trainer:
+    quiet_lightning()
+    return L.Trainer(
+        max_epochs=ft["max_epochs"], accelerator=ft["accelerator"], devices=1, precision=ft["precision"],
+        deterministic=ft["deterministic"], logger=False, callbacks=callbacks, enable_progress_bar=ft["progress"],
+        enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1,
+    )
+
+
+@contextlib.contextmanager
+def _training_determinism(enabled: bool) -> Iterator[None]:
+    """Lightning's ``deterministic=True`` switches torch to deterministic algorithms for the whole process;
+    switch back afterwards so that one trial's setting does not leak into the next job of a sweep."""
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        yield
+    finally:
+        if enabled != before:
+            torch.use_deterministic_algorithms(before)
+
+
+@contextlib.contextmanager
+def _interrupt_as_keyboard_interrupt(trainer: L.Trainer) -> Iterator[None]:
+    """Lightning turns Ctrl-C during ``fit`` into ``sys.exit(1)`` and ignores SIGINT from then on; give the
+    caller its KeyboardInterrupt back (so the run is marked KILLED, not FAILED) and restore the SIGINT handler."""
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    except SystemExit:
+        if trainer.interrupted:
+            raise KeyboardInterrupt("fine-tuning interrupted") from None
+        raise
+    finally:
+        if handler is not None and signal.getsignal(signal.SIGINT) != handler:
+            with contextlib.suppress(ValueError):  # only the main thread may set signal handlers
+                signal.signal(signal.SIGINT, handler)
+
+
+@contextlib.contextmanager
+def _quiet_lightning_warnings() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=r".*number of training batches.*smaller than the logging interval.*")
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")  # cell.txt
+        warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # Lightning vs torch 2.14, harmless
+        yield
+
+
+def _ood_accuracy(feats: Features, n_classes: int) -> dict[str, float]:
+    """Balanced accuracy and accuracy of the fine-tuned head on the OOD set, from its probabilities."""
+    probs, labels = torch.from_numpy(feats.probs), torch.from_numpy(feats.labels)
+    bal = BalancedAccuracy(n_classes)
+    bal.update(probs, labels)
+    acc = (probs.argmax(dim=1) == labels).double().mean()
+    return {"ood/bal_acc": float(bal.compute()), "ood/acc": float(acc)}
+
+
+def _ood_scores(feats: Features, names: list[str]) -> dict[str, float]:
+    """``ood_score/<name>`` of the fine-tuned model on the OOD set (features before its head, its head's
+    probabilities). A score that fails is left out and named in the ``ood_score_errors`` tag and in
+    ``warnings.txt``; the fine-tuning result stands, so the run still finishes."""
+    if not names:
+        return {}
+    from medxfer.scores import ScoreError, ScoreWarning, compute_scores
+
+    values, timings, failures = {}, {}, {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ScoreWarning)
+        for name in names:  # one at a time, so that one failing score does not cost the others
+            t: dict[str, float] = {}
+            try:
+                values.update(compute_scores(feats.features, feats.labels, feats.probs, [name], timings=t))
+                timings.update(t)
+            except ScoreError as err:
+                failures[name] = str(err)
+    for name, value in list(values.items()):
+        if not np.isfinite(value):
+            failures[name] = f"non-finite value {value}"
+            del values[name]
+    notes = [str(w.message) for w in caught if issubclass(w.category, ScoreWarning)]
+    notes += [f"ood_score/{k} failed: {v}" for k, v in failures.items()]
+    if notes:
+        mlflow.log_text("\n".join(notes) + "\n", "warnings.txt")
+        for note in notes:
+            log.warning("%s", note)
+    if failures:
+        mlflow.set_tag("ood_score_errors", ", ".join(sorted(failures)))
+    out = {f"ood_score/{k}": float(v) for k, v in values.items()}
+    out.update({f"time/ood_score/{k}_s": float(v) for k, v in timings.items()})
+    return out
+
+
+def _log_final(metrics: dict[str, float]) -> None:
+    finite = {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
+    bad = sorted(set(metrics) - set(finite))
+    if bad:  # a diverged trial (large lr): NaN losses are a result, not an error
+        mlflow.set_tag("nonfinite_metrics", ", ".join(bad))
+    mlflow.log_metrics(finite)
+
+
+def _apply_keep(experiment_id: str, sweep: str, keep: str) -> list[str]:
+    """``keep=best``: delete the checkpoints of the sweep's finished trials except the selected one (highest
+    ``best/val_bal_acc``, then lowest ``best/val_loss``, then lowest trial)."""
+    if keep != "best":
+        return []
+    runs = MlflowClient().search_runs(
+        [experiment_id], filter_string=f"tags.sweep = '{sweep}' and attributes.status = 'FINISHED'", max_results=10_000
+    )
+    finished = [{
+        "run_id": r.info.run_id, "checkpoint_path": r.data.tags.get("checkpoint_path"),
+        "checkpoint_digest": r.data.tags.get("checkpoint_digest"),
+        "rank": (-r.data.metrics.get(SELECTION_METRIC, -math.inf), r.data.metrics.get("best/val_loss", math.inf),
+                 int(r.data.tags.get("trial", 0))),
+    } for r in runs]
+    if not finished:
+        return []
+    selected = min(finished, key=lambda r: r["rank"])["run_id"]
+    return prune_checkpoints(finished, selected)
