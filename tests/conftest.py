@@ -86,10 +86,10 @@ def log_fake_study(root: Path, study: str = "default", models=("m1", "m2", "m3",
             for t in (0, 1):
                 with mlflow.start_run(experiment_id=ft_exp, tags={**tags, "stage": "finetune", "split": "iid"}):
                     mlflow.log_param("trial", t)
-                    mets = {"val/bal_acc": float(rng.uniform(0.5, 1)), "test/bal_acc": float(rng.uniform(0.5, 1)),
+                    mets = {"best/val_bal_acc": float(rng.uniform(0.5, 1)), "test/bal_acc": float(rng.uniform(0.5, 1)),
                             "ood/bal_acc": float(rng.uniform(0.3, 1)), "ood_score/alpha": float(rng.normal()),
                             "ood_score/beta": float(rng.normal())}
                     mlflow.log_metrics(mets)
                     trials.append(mets)
-            truth[(m, d)] = {**vals, "selected": max(trials, key=lambda x: x["val/bal_acc"])}
+            truth[(m, d)] = {**vals, "selected": max(trials, key=lambda x: x["best/val_bal_acc"])}
     return truth

@@ -38,7 +38,7 @@ def _latest(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return runs.drop_duplicates(keys, keep="first") if len(runs) else runs
 
 
-def select_trials(finetune: pd.DataFrame, metric: str = "val/bal_acc", mode: str = "max") -> pd.DataFrame:
+def select_trials(finetune: pd.DataFrame, metric: str = "best/val_bal_acc", mode: str = "max") -> pd.DataFrame:
     """Per (model, dataset) the fine-tuning run with the best ``metric`` (ties: the lower trial number)."""
     col = f"metrics.{metric}"
     if len(finetune) == 0:
@@ -69,7 +69,7 @@ def _long(frame: pd.DataFrame, prefix: str, target_col: str) -> pd.DataFrame:
 
 def load_study(
     study: str, *, models: list[str] | None = None, datasets: list[str] | None = None,
-    select_metric: str = "val/bal_acc", select_mode: str = "max",
+    select_metric: str = "best/val_bal_acc", select_mode: str = "max",
 ) -> StudyTables:
     """Query the study's score and fine-tune runs and join them per (model, dataset).
 

@@ -16,6 +16,7 @@ import signal
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import lightning as L
@@ -27,14 +28,15 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from medxfer.data.datasets import load_dataset
-from medxfer.data.transforms import resolve_preprocess
+from medxfer.data.tables import DatasetSplits
+from medxfer.data.transforms import Preprocess, resolve_preprocess
 from medxfer.models.extract import Features, extract_features, quiet_lightning
 from medxfer.models.zoo import ModelSpec, create_model, model_data_config, resolve_weights, state_dict_digest
 from medxfer.stages.score import _strip_roots
-from medxfer.tracking import cell_id, cell_run, ensure_experiment, find_finished_run, setup_tracking
+from medxfer.tracking import cell_id, cell_run, ensure_experiment, find_finished_run, reap_dead_runs, setup_tracking
 from medxfer.training.callbacks import MlflowEpochMetrics
 from medxfer.training.checkpoints import (
-    BEST, KEEP_CHOICES, TrialCheckpoints, file_sha256, prune_checkpoints, read_checkpoint,
+    BEST, KEEP_CHOICES, LAST, TrialCheckpoints, file_sha256, prune_checkpoints, read_checkpoint,
 )
 from medxfer.training.data import check_trainable, make_loader
 from medxfer.training.halton import halton_trial
@@ -126,6 +128,7 @@ def run_finetune(
     names = ood_score_names(c)
     setup_tracking(c["tracking"]["uri"])
     experiment_id = ensure_experiment(c["tracking"]["experiment"], c["tracking"].get("artifact_root"))
+    reap_dead_runs(experiment_id)
     cell, sweep = finetune_cell_id(c), sweep_id(c)
     model_name, dataset_name = c["model"]["name"], c["dataset"]["name"]
     label = f"[finetune] {model_name} x {dataset_name} trial {trial} (lr={lr:.3g}, wd={wd:.3g})"
@@ -145,7 +148,12 @@ def run_finetune(
     resume = None if c["force"] else checkpoints.resumable()
     resume_epoch = None
     if resume is not None:
-        resume_epoch = int(read_checkpoint(resume)["epoch"]) + 1
+        try:
+            resume_epoch = int(read_checkpoint(resume)["epoch"]) + 1
+        except (RuntimeError, KeyError, TypeError) as err:  # e.g. truncated when the machine went down
+            log.warning("cannot resume from %s (%s); training trial %s from the start", resume, err, trial)
+            resume = None
+    if resume is not None:
         print(f"{label}: resuming from {resume} (epoch {resume_epoch})", flush=True)
     else:
         checkpoints.start_fresh()
@@ -155,20 +163,14 @@ def run_finetune(
         "stage": "finetune", "model": model_name, "dataset": dataset_name, "split": "iid", "study": c["study"],
         "cell": cell, "sweep": sweep, "trial": str(trial), "weights_source": weights.kind,
         "weights_digest": weights_digest, "split_digest": data.digest(),
+        **{str(k): str(v) for k, v in (c.get("tags") or {}).items()},
     }
     if resume is not None:
         tags["resumed_from_epoch"] = str(resume_epoch)
     t_start = time.perf_counter()
     with cell_run(experiment_id, run_name=f"{model_name}-{dataset_name}-trial{trial}", tags=tags, config=c,
                   overrides=overrides) as run:
-        mlflow.log_dict({"class_names": list(data.class_names), "label_mapping": data.label_mapping,
-                         "class_counts": {s.name: s.class_counts() for s in (data.train, data.val, data.test, data.ood) if s is not None}},
-                        "labels.json")
-        mlflow.log_params({
-            "lr": lr, "wd": wd, "trial": trial, "n_classes": len(data.class_names), "n_train": len(data.train),
-            "n_val": len(data.val), "n_test": len(data.test), "n_ood": len(data.ood) if data.ood is not None else 0,
-            "preprocess_resolved": str(preprocess.as_dict()),
-        })
+        _log_inputs(data, preprocess, lr=lr, wd=wd, trial=trial)
         loaders = {
             split: make_loader(table, preprocess, train=split == "train", batch_size=ft["batch_size"],
                                num_workers=ft["num_workers"])
@@ -178,49 +180,86 @@ def run_finetune(
             L.seed_everything(ft["seed"], workers=True, verbose=False)
             module = FineTuner(model, len(data.class_names), lr=lr, wd=wd, max_epochs=ft["max_epochs"],
                                momentum=ft["momentum"], nesterov=ft["nesterov"], eta_min=ft["eta_min"])
-            checkpoint_cb = ModelCheckpoint(
-                dirpath=checkpoints.path, filename=BEST, monitor="val/loss", mode="min", save_top_k=1,
-                save_last=True, enable_version_counter=False,
-            )
-            trainer = _trainer(ft, [checkpoint_cb, MlflowEpochMetrics(), *callbacks])
             t0 = time.perf_counter()
-            with _quiet_lightning_warnings(), _interrupt_as_keyboard_interrupt(trainer):
-                trainer.fit(module, loaders["train"], loaders["val"], ckpt_path=resume, weights_only=True)
+            trainer, best_path = _fit(module, loaders, ft, checkpoints, resume, callbacks)
             fit_s = time.perf_counter() - t0
-
-            t0 = time.perf_counter()
-            best_path = checkpoint_cb.best_model_path or str(checkpoints.best)
-            best = read_checkpoint(best_path)
-            module.load_state_dict(best["state_dict"])
-            metrics = {"best_epoch": float(best["epoch"])}
-            with _quiet_lightning_warnings():
-                val = trainer.validate(module, loaders["val"], verbose=False)[0]
-                test = trainer.test(module, loaders["test"], verbose=False)[0]
-            metrics.update({"best/val_loss": val["val/loss"], "best/val_bal_acc": val["val/bal_acc"],
-                            "test/bal_acc": test["test/bal_acc"], "test/acc": test["test/acc"],
-                            "test/loss": test["test/loss"]})
-            eval_s = time.perf_counter() - t0
-            if data.ood is not None:
-                t0 = time.perf_counter()
-                with _quiet_lightning_warnings():
-                    feats = extract_features(module.model, data.ood, preprocess, batch_size=ft["batch_size"],
-                                             num_workers=ft["num_workers"], accelerator=ft["accelerator"],
-                                             progress=ft["progress"])
-                metrics.update(_ood_accuracy(feats, len(data.class_names)))
-                metrics["time/ood_eval_s"] = time.perf_counter() - t0
-                metrics.update(_ood_scores(feats, names))
-        metrics.update({"time/fit_s": fit_s, "time/eval_s": eval_s, "time/total_s": time.perf_counter() - t_start})
+            metrics = _evaluate(trainer, module, best_path, loaders, data, preprocess, ft, names)
+        metrics.update({"time/fit_s": fit_s, "time/total_s": time.perf_counter() - t_start})
         _log_final(metrics)
-        digest = file_sha256(best_path)
-        mlflow.set_tags({"checkpoint_path": str(best_path), "checkpoint_digest": digest, "checkpoint_keep": ft["keep"]})
         run_id = run.info.run_id
-    checkpoints.finish(ft["keep"])
+        kept = checkpoints.keep_as(best_path, run_id)
+        mlflow.set_tags({"checkpoint_path": str(kept), "checkpoint_digest": file_sha256(kept),
+                         "checkpoint_keep": ft["keep"]})
+    checkpoints.finish(ft["keep"], kept)
     deleted = _apply_keep(experiment_id, sweep, ft["keep"])
     summary = ", ".join(f"{k}={metrics[k]:.3f}" for k in ("test/bal_acc", "ood/bal_acc", "best_epoch") if k in metrics)
     print(f"{label}: {summary} in {metrics['time/total_s']:.1f}s", flush=True)
-    kept = best_path if ft["keep"] != "none" and best_path not in deleted else None
-    return FinetuneResult(trial, lr, wd, run_id, skipped=False, metrics=metrics, checkpoint=kept,
+    return FinetuneResult(trial, lr, wd, run_id, skipped=False, metrics=metrics,
+                          checkpoint=str(kept) if kept.is_file() else None,
                           resumed_from_epoch=resume_epoch, deleted_checkpoints=deleted)
+
+
+def _log_inputs(data: DatasetSplits, preprocess: Preprocess, *, lr: float, wd: float, trial: int) -> None:
+    """The trial's hyper-parameters, split sizes, resolved preprocessing and label mapping."""
+    splits = [s for s in (data.train, data.val, data.test, data.ood) if s is not None]
+    mlflow.log_dict({"class_names": list(data.class_names), "label_mapping": data.label_mapping,
+                     "class_counts": {s.name: s.class_counts() for s in splits}}, "labels.json")
+    mlflow.log_params({
+        "lr": lr, "wd": wd, "trial": trial, "n_classes": len(data.class_names), "n_train": len(data.train),
+        "n_val": len(data.val), "n_test": len(data.test), "n_ood": len(data.ood) if data.ood is not None else 0,
+        "preprocess_resolved": str(preprocess.as_dict()),
+    })
+
+
+def _fit(
+    module: FineTuner, loaders: dict[str, Any], ft: dict[str, Any], checkpoints: TrialCheckpoints,
+    resume: Path | None, callbacks: Sequence[L.Callback],
+) -> tuple[L.Trainer, str]:
+    """Train (from ``resume`` when given); returns the trainer and the path of the lowest-val/loss checkpoint."""
+    best_cb = ModelCheckpoint(
+        dirpath=checkpoints.path, filename=BEST, monitor="val/loss", mode="min", save_top_k=1,
+        enable_version_counter=False,
+    )
+    # A separate every-epoch checkpoint for resuming: Lightning 2.6's save_last=True writes last.ckpt only in
+    # epochs where the monitored checkpoint improved, so a resume could go back several epochs. Listed second,
+    # so that it holds the best-checkpoint callback's state of the same epoch.
+    resume_cb = ModelCheckpoint(
+        dirpath=checkpoints.path, filename=LAST, monitor=None, save_top_k=1, enable_version_counter=False,
+    )
+    trainer = _trainer(ft, [best_cb, resume_cb, MlflowEpochMetrics(), *callbacks])
+    with _quiet_lightning_warnings(), _interrupt_as_keyboard_interrupt(trainer):
+        trainer.fit(module, loaders["train"], loaders["val"], ckpt_path=resume, weights_only=True)
+    best_path = best_cb.best_model_path or str(checkpoints.best)
+    if not Path(best_path).is_file():
+        raise RuntimeError(f"fine-tuning ended without a best checkpoint ({best_path} is missing)")
+    return trainer, best_path
+
+
+def _evaluate(
+    trainer: L.Trainer, module: FineTuner, best_path: str, loaders: dict[str, Any], data: DatasetSplits,
+    preprocess: Preprocess, ft: dict[str, Any], names: list[str],
+) -> dict[str, float]:
+    """Metrics of the checkpoint at ``best_path`` on val, test and (where there is one) the OOD set."""
+    t0 = time.perf_counter()
+    best = read_checkpoint(best_path)
+    module.load_state_dict(best["state_dict"])
+    metrics = {"best_epoch": float(best["epoch"])}
+    with _quiet_lightning_warnings():
+        val = trainer.validate(module, loaders["val"], verbose=False)[0]
+        test = trainer.test(module, loaders["test"], verbose=False)[0]
+    metrics.update({"best/val_loss": val["val/loss"], "best/val_bal_acc": val["val/bal_acc"],
+                    "test/bal_acc": test["test/bal_acc"], "test/acc": test["test/acc"], "test/loss": test["test/loss"]})
+    metrics["time/eval_s"] = time.perf_counter() - t0
+    if data.ood is not None:
+        t0 = time.perf_counter()
+        with _quiet_lightning_warnings():
+            feats = extract_features(module.model, data.ood, preprocess, batch_size=ft["batch_size"],
+                                     num_workers=ft["num_workers"], accelerator=ft["accelerator"],
+                                     progress=ft["progress"])
+        metrics.update(_ood_accuracy(feats, len(data.class_names)))
+        metrics["time/ood_eval_s"] = time.perf_counter() - t0
+        metrics.update(_ood_scores(feats, names))
+    return metrics
 
 
 def _trainer(ft: dict[str, Any], callbacks: list[L.Callback]) -> L.Trainer:
@@ -266,7 +305,7 @@ def _quiet_lightning_warnings() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=r".*number of training batches.*smaller than the logging interval.*")
-        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")  # cell.txt
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")  # resuming
         warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # Lightning vs torch 2.14, harmless
         yield
 
@@ -325,7 +364,8 @@ def _log_final(metrics: dict[str, float]) -> None:
 
 def _apply_keep(experiment_id: str, sweep: str, keep: str) -> list[str]:
     """``keep=best``: delete the checkpoints of the sweep's finished trials except the selected one (highest
-    ``best/val_bal_acc``, then lowest ``best/val_loss``, then lowest trial)."""
+    ``best/val_bal_acc``, then lowest ``best/val_loss``, then lowest trial, then the earliest run: an original
+    run keeps its checkpoint over a reproduction of it)."""
     if keep != "best":
         return []
     runs = MlflowClient().search_runs(
@@ -335,7 +375,7 @@ def _apply_keep(experiment_id: str, sweep: str, keep: str) -> list[str]:
         "run_id": r.info.run_id, "checkpoint_path": r.data.tags.get("checkpoint_path"),
         "checkpoint_digest": r.data.tags.get("checkpoint_digest"),
         "rank": (-r.data.metrics.get(SELECTION_METRIC, -math.inf), r.data.metrics.get("best/val_loss", math.inf),
-                 int(r.data.tags.get("trial", 0))),
+                 int(r.data.tags.get("trial", 0)), r.info.start_time),  # a tie goes to the earlier run
     } for r in runs]
     if not finished:
         return []

@@ -1,0 +1,112 @@
+"""The checkpoint folder of one fine-tuning trial: resume after a crash, digest, and what to keep afterwards.
+
+A trial's folder is ``<finetune.checkpoint_dir>/<cell id>``. While a trial trains it holds Lightning's
+``best.ckpt`` (lowest validation loss: the checkpoint that is evaluated) and ``last.ckpt`` (written every epoch,
+for resuming after a crash). When the trial finishes, ``best.ckpt`` becomes ``best-<run id>.ckpt`` (the file
+the run's ``checkpoint_path`` tag names) and ``last.ckpt`` is deleted. The cell id in the path means that a
+changed configuration never resumes from another's checkpoint; the run id in the name means that a forced
+rerun or a reproduction of a trial never overwrites the checkpoint an earlier run kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+BEST = "best"
+LAST = "last"
+CKPT_SUFFIX = ".ckpt"
+KEEP_CHOICES = ("best", "all", "none")
+
+
+class TrialCheckpoints:
+    """The checkpoint folder of one trial: ``root/cell``."""
+
+    def __init__(self, root: str | Path, cell: str):
+        self.path = Path(root) / cell
+        self.cell = cell
+
+    @property
+    def best(self) -> Path:
+        return self.path / f"{BEST}{CKPT_SUFFIX}"
+
+    @property
+    def last(self) -> Path:
+        return self.path / f"{LAST}{CKPT_SUFFIX}"
+
+    def kept(self, run_id: str) -> Path:
+        return self.path / f"{BEST}-{run_id}{CKPT_SUFFIX}"
+
+    def resumable(self) -> Path | None:
+        """``last.ckpt`` when an earlier attempt of this cell left one (it crashed or was killed)."""
+        return self.last if self.last.is_file() else None
+
+    def start_fresh(self) -> None:
+        """Remove the working files of an earlier, unfinished attempt (``force=true``, or nothing to resume);
+        checkpoints kept by finished runs stay."""
+        for f in (self.best, self.last):
+            if f.is_file():
+                log.info("removing %s of an earlier attempt", f)
+                f.unlink()
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def keep_as(self, best_path: str | Path, run_id: str) -> Path:
+        """Move the evaluated checkpoint to its final name ``best-<run id>.ckpt``; returns the new path."""
+        final = self.kept(run_id)
+        os.replace(best_path, final)
+        return final
+
+    def finish(self, keep: str, kept: Path) -> None:
+        """After the run ended: ``last.ckpt`` has done its job; ``keep=none`` also deletes ``kept``. The folder
+        (and the trial-<i> folder above it) goes when nothing is left in it."""
+        self.last.unlink(missing_ok=True)
+        if keep == "none":
+            kept.unlink(missing_ok=True)
+        for folder in (self.path, self.path.parent):
+            try:
+                folder.rmdir()  # only when empty
+            except OSError:
+                break
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A Lightning checkpoint read safely (``weights_only=True``): ``state_dict``, ``epoch``, ``global_step``..."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
+        raise RuntimeError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}; delete it and rerun") from None
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def prune_checkpoints(finished: list[dict[str, Any]], selected_run: str | None) -> list[str]:
+    """Delete the checkpoint files of finished trials other than ``selected_run``; returns the files deleted.
+
+    ``finished`` holds one dict per FINISHED run of a sweep group: ``run_id``, ``checkpoint_path`` and
+    ``checkpoint_digest``. A file is deleted only when its SHA-256 is still that run's digest: a trial run again
+    (``force=true``) reuses its folder, and its new checkpoint must survive the old run's pruning.
+    """
+    keep_paths = {str(r.get("checkpoint_path")) for r in finished if r["run_id"] == selected_run}
+    deleted = []
+    for run in finished:
+        path = run.get("checkpoint_path")
+        if run["run_id"] == selected_run or not path or str(path) in keep_paths or not str(path).endswith(CKPT_SUFFIX):
+            continue
+        p = Path(path)
+        if p.is_file() and file_sha256(p) == run.get("checkpoint_digest"):
+            p.unlink()
+            deleted.append(str(p))
+    return deleted

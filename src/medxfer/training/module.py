@@ -1,0 +1,77 @@
+"""The fine-tuning model: a timm backbone with a new linear head, trained as in Chaves et al. (2023).
+
+Cross-entropy; SGD with Nesterov momentum 0.9; cosine annealing of the learning rate down to ``eta_min`` over
+``max_epochs`` (stepped once per epoch). Every parameter is trained, as in the paper.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from medxfer.training.metrics import BalancedAccuracy
+
+
+class FineTuner(L.LightningModule):
+    """Fine-tunes ``backbone`` (a timm classifier) on ``num_classes`` classes.
+
+    The backbone's source (ImageNet) head is replaced by a freshly initialised linear layer
+    (``backbone.reset_classifier(num_classes)``), so ``self.model.get_classifier()`` is the new head.
+
+    Logs ``train/loss`` (epoch mean), ``val/loss`` and ``val/bal_acc`` (balanced accuracy = mean per-class
+    recall), and in ``test`` ``test/bal_acc`` and ``test/acc``.
+    """
+
+    def __init__(
+        self, backbone: nn.Module, num_classes: int, *, lr: float, wd: float, max_epochs: int,
+        momentum: float = 0.9, nesterov: bool = True, eta_min: float = 1e-6,
+    ):
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"fine-tuning needs at least 2 classes, got {num_classes}")
+        if max_epochs < 1:
+            raise ValueError(f"finetune.max_epochs={max_epochs}: expected at least 1 epoch")
+        self.save_hyperparameters(ignore=["backbone"])
+        backbone.reset_classifier(num_classes)
+        # the zoo hands models over in eval mode, and Lightning keeps each submodule's mode when fit starts:
+        # without this, BatchNorm layers would keep their ImageNet statistics frozen during fine-tuning
+        self.model = backbone.train()
+        self.loss = nn.CrossEntropyLoss()
+        self.val_bal_acc = BalancedAccuracy(num_classes)
+        self.test_bal_acc = BalancedAccuracy(num_classes)
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = self.loss(self(x), y)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        self.val_bal_acc.update(logits, y)
+        self.log("val/loss", self.loss(logits, y), on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log("val/bal_acc", self.val_bal_acc, on_step=False, on_epoch=True, prog_bar=True)
+
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        self.test_bal_acc.update(logits, y)
+        self.test_acc.update(logits, y)
+        self.log("test/loss", self.loss(logits, y), on_step=False, on_epoch=True, batch_size=len(y))
+        self.log("test/bal_acc", self.test_bal_acc, on_step=False, on_epoch=True)
+        self.log("test/acc", self.test_acc, on_step=False, on_epoch=True)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = torch.optim.SGD(
+            self.parameters(), lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov, weight_decay=hp.wd
+        )
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=hp.max_epochs, eta_min=hp.eta_min)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

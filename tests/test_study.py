@@ -1,0 +1,46 @@
+"""medxfer-study end to end on tiny settings: scores, fine-tuning, analysis; a second run skips everything."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+
+from medxfer.stages.study import run_study
+
+from conftest import compose_config
+
+TINY_STAGE = [
+    "dataset.synthetic.n_per_class=12", "dataset.synthetic.image_size=48", "dataset.synthetic.progress=false",
+    "dataset.ood.synthetic.n_per_class=6", "dataset.ood.synthetic.image_size=48", "dataset.ood.synthetic.progress=false",
+    "preprocess.input_size=64",
+]
+
+
+def _quoted(items):
+    return ",".join(f"'{i}'" for i in items)
+
+
+def _study_cfg(shared_data_dir, *extra):
+    score = [*TINY_STAGE, "extract.progress=false"]
+    finetune = [*TINY_STAGE, "finetune=smoke", "finetune.max_epochs=1", "finetune.progress=false"]
+    return compose_config("study", [
+        f"paths.data_dir={shared_data_dir}",
+        "models=[efficientnet_lite0,efficientnet_lite1]", "datasets=[synthetic_derm,synthetic_mri]",
+        f"score.overrides=[{_quoted(score)}]", f"finetune.overrides=[{_quoted(finetune)}]",
+        "finetune.trials=[0,1]", "analyze.overrides=['bootstrap.n=100']", *extra,
+    ])
+
+
+@pytest.mark.slow
+def test_study_end_to_end_then_resumes(project, shared_data_dir):
+    report = run_study(_study_cfg(shared_data_dir))
+    assert report.counts["score"] == {"skipped": 0, "ran": 8}
+    assert report.counts["finetune"] == {"skipped": 0, "ran": 8}
+    analysis = report.outputs["analysis"]
+    assert {p.suffix for p in analysis.figures} == {".png", ".pdf"} and len(analysis.figures) == 4
+    assert set(analysis.iid["dataset"]) == {"synthetic_derm", "synthetic_mri", "ALL"}
+    mlflow.set_tracking_uri(f"sqlite:///{project}/mlruns/mlflow.db")
+    ft = mlflow.search_runs(experiment_names=["default/finetune"])
+    assert len(ft) == 8 and set(ft["status"]) == {"FINISHED"}
+    again = run_study(_study_cfg(shared_data_dir))
+    assert again.counts["score"]["ran"] == 0 and again.counts["finetune"]["ran"] == 0
