@@ -40,9 +40,12 @@ def correlation_figure(table: pd.DataFrame, corr: pd.DataFrame, *, title: str, t
                 marker, color = style[row["model"]]
                 ax.scatter(row["value"], row["target"], marker=marker, color=color, s=28, label=row["model"])
             if len(g) >= 2 and np.ptp(g["value"]) > 0:
-                slope, intercept = np.polyfit(g["value"], g["target"], 1)
-                xs = np.linspace(g["value"].min(), g["value"].max(), 20)
-                ax.plot(xs, slope * xs + intercept, color="0.4", lw=1, ls="--")
+                x = g["value"].to_numpy(float)
+                centre, spread = x.mean(), x.std()
+                # fit on standardised x: scores such as H-Score span tiny ranges far from 0
+                slope, intercept = np.polyfit((x - centre) / spread, g["target"].to_numpy(float), 1)
+                xs = np.linspace(x.min(), x.max(), 20)
+                ax.plot(xs, slope * (xs - centre) / spread + intercept, color="0.4", lw=1, ls="--")
             t = tau.get((dataset, score), np.nan)
             ax.text(0.04, 0.93, f"τ = {t:.2f}", transform=ax.transAxes, va="top", fontsize=9,
                     bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="0.8"))
