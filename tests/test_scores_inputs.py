@@ -244,3 +244,19 @@ def test_importing_the_package_loads_neither_torch_nor_scikit_learn():
     code = "import sys, medxfer.scores; print('torch' in sys.modules, 'sklearn' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]
+
+
+def test_torch_thread_setting_is_restored(data):
+    import torch
+
+    from medxfer.scores._linalg import threads_for_synchronised_work
+
+    features, labels, _ = data
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert threads_for_synchronised_work(torch.device("cpu")) in (1, 2)
+        compute_scores(features, labels, names=["hscore", "nleep"])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

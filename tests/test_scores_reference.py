@@ -75,6 +75,7 @@ def test_string_and_sparse_integer_labels_are_reencoded():
         assert_close(quiet(compute_scores, features, labels, probs), expected)
 
 
+@pytest.mark.filterwarnings("ignore::medxfer.scores.ScoreWarning")
 def test_public_functions_equal_compute_scores():
     features, labels, probs = synthetic_scores_data(200, 16, 3, 7, seed=5, latent=6, separation=0.8)
     together = compute_scores(features, labels, probs)
@@ -176,3 +177,18 @@ def test_reference_helpers_are_consistent():
     assert ref_logme(features, labels) == REFERENCE_SCORES["logme"](features, labels, probs)
     assert ref_leep(probs, labels) == REFERENCE_SCORES["leep"](features, labels, probs)
     assert ref_nce(probs, labels) == REFERENCE_SCORES["nce"](features, labels, probs)
+
+
+def test_hscore_pseudo_inverse_keeps_small_but_real_directions():
+    """A direction with ~3e-7 of the leading variance that separates the classes: rcond 1e-15 keeps it.
+
+    (Much smaller eigenvalues are determined only to about 1e-16 / their relative size, in the reference too.)
+    """
+    rng = np.random.default_rng(12)
+    labels = np.repeat([0, 1, 2], 100)
+    base = rng.normal(size=(300, 6)) + np.array([[0.3], [0.0], [-0.3]])[labels]
+    nearly_dependent = base[:, :1] + 1e-3 * (labels[:, None] + rng.normal(size=(300, 1)))
+    features = np.concatenate([base, nearly_dependent], axis=1)
+    expected = ref_hscore(features, labels)
+    assert hscore(features, labels) == pytest.approx(expected, rel=RTOL)
+    assert expected > hscore(base, labels) + 0.2  # the small direction separates the classes further

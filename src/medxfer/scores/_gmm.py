@@ -185,7 +185,7 @@ def fit_gaussian_mixture(
 
     labels = torch.from_numpy(_kmeans_labels(z, n_components, random_state).astype(np.int64)).to(z.device)
     resp = torch.nn.functional.one_hot(labels, n_components).to(torch.float64)
-    threads = threads_for_synchronised_work()
+    threads = threads_for_synchronised_work(z.device)
     with limited_threads(z.device, threads):
         second = torch.zeros((n_components, outer.n_pairs), dtype=torch.float64, device=z.device)
         for rows, (_, outer_block) in zip(outer.slices, outer):
@@ -197,7 +197,7 @@ def fit_gaussian_mixture(
     n_iter = 0
     for n_iter in range(1, max_iter + 1):
         if n_iter % 10 == 0:  # other processes come and go
-            threads = threads_for_synchronised_work()
+            threads = threads_for_synchronised_work(z.device)
         previous = lower_bound
         with limited_threads(z.device, threads):
             resp_sum = torch.zeros(n_components, dtype=torch.float64, device=z.device)

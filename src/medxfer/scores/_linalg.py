@@ -1,7 +1,8 @@
 """Dense linear algebra shared by the scores: device choice, Gram matrices, sorted eigendecompositions.
 
-Everything runs in float64 torch tensors on the chosen device (CPU unless the caller passes ``device``).
-torch is imported lazily so that ``import medxfer.scores`` stays quick.
+The scores work on float64 torch tensors on the chosen device (CPU unless the caller passes ``device``), and
+on the CPU they adapt their thread count to how busy the machine is.  torch is imported lazily so that
+``import medxfer.scores`` stays quick.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ __all__ = [
     "eigh_descending",
     "flip_signs_like_sklearn",
     "gram",
-    "resolve_device",
     "limited_threads",
+    "resolve_device",
     "threads_for_synchronised_work",
 ]
+
+_PROBE = None  # a fixed 384 x 384 matrix, made on first use
+
 
 @contextmanager
 def limited_threads(device: "torch.device", threads: int = 1) -> Iterator[None]:
@@ -44,38 +48,33 @@ def limited_threads(device: "torch.device", threads: int = 1) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def threads_for_synchronised_work() -> int:
-    """Torch's thread count if several threads currently run faster than one, else 1.
+def threads_for_synchronised_work(device: "torch.device") -> int:
+    """On the CPU, torch's thread count if several threads currently run faster than one, else 1.
 
     The eigendecomposition (its tridiagonal reduction synchronises the threads at every column) and the EM's
     repeated products suffer most when other processes keep the cores busy: a 2048 x 2048 eigh takes 0.9 s
     with two threads on idle cores, 5-30 s with two threads on busy ones, and 1.9 s with one thread in either
-    case.  A 384 x 384 matrix product timed with both settings (about 10 ms) tells which case we are in now.
+    case.  A 384 x 384 matrix product timed with both settings (about 15 ms) tells which case we are in now.
     Thread counts change rounding only (about 1e-16 relative).
     """
     import torch
 
     threads = torch.get_num_threads()
-    if threads == 1:
-        return 1
+    if threads == 1 or device.type != "cpu":
+        return threads
     global _PROBE
     if _PROBE is None:
         _PROBE = torch.rand((384, 384), dtype=torch.float64, generator=torch.Generator().manual_seed(0))
 
-    def best_of_two(n: int) -> float:
+    def timed(n: int) -> float:
         with limited_threads(_PROBE.device, n):
-            times = []
-            for _ in range(2):
-                start = time.perf_counter()
-                _PROBE @ _PROBE
-                times.append(time.perf_counter() - start)
-        return min(times)
+            start = time.perf_counter()
+            _PROBE @ _PROBE
+            return time.perf_counter() - start
 
-    one = best_of_two(1)
-    return threads if best_of_two(threads) < 0.75 * one else 1
-
-
-_PROBE = None
+    ones, manys = zip(*[(timed(1), timed(threads)) for _ in range(3)])
+    # interleaved, best of three: a one-off hiccup (another library's threads still spinning) does not decide
+    return threads if min(manys) < 0.9 * min(ones) else 1
 
 
 def resolve_device(device) -> "torch.device":
@@ -126,7 +125,7 @@ def eigh_descending(symmetric: "torch.Tensor") -> tuple["torch.Tensor", "torch.T
     """Eigenvalues in decreasing order and the matching eigenvectors (columns), signs as in scikit-learn's PCA."""
     import torch
 
-    with limited_threads(symmetric.device, threads_for_synchronised_work()):
+    with limited_threads(symmetric.device, threads_for_synchronised_work(symmetric.device)):
         try:
             values, vectors = torch.linalg.eigh(symmetric)
         except RuntimeError as err:  # torch.linalg.LinAlgError derives from RuntimeError

@@ -8,10 +8,10 @@ covariance: with K = diag((N - 1) w) and u = sqrt(N) V^T m,
 * sum_i s_i / (s_i + lam)   = sum_i K_i / A_i + lam (u^T A^{-2} u) / (1 + u^T A^{-1} u)
 * sum_i log(s_i + lam)      = sum_i log A_i + log(1 + u^T A^{-1} u)
 
-(Sherman-Morrison and the matrix determinant lemma), and ||y - F m||^2 = y^T y - 2 m^T F^T y + m^T G m likewise:
-O(D) per iteration instead of a second D x D SVD and a pass over F.  This
-is exact for any N and D, including N < D where thuml/LogME's "fast" variant (an SVD of F that drops the
-D - N zero eigenvalues) is wrong.
+(Sherman-Morrison and the matrix determinant lemma), and ||y - F m||^2 = y^T y - 2 m^T F^T y + m^T G m
+likewise: O(D) per iteration instead of a second D x D SVD and a pass over F.  This is exact for any N and D,
+including N < D where thuml/LogME's "fast" variant (an SVD of F that drops the D - N zero eigenvalues) is
+wrong.
 """
 
 from __future__ import annotations

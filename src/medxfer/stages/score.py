@@ -6,6 +6,7 @@ skipped → weights resolved and model built → data read and split → feature
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import warnings
@@ -132,10 +133,28 @@ def run_score(cfg: DictConfig, overrides: list[str] | None = None) -> list[CellR
             mlflow.log_params({"n_samples": len(table), "feat_dim": feats.features.shape[1],
                                "n_classes": int(len(np.unique(table.labels))), "features_cached": cached,
                                "preprocess": str(preprocess.as_dict())})
-            values = _compute_and_log(feats, table, names, c["score"].get("device"))
+            with _single_thread(bool(c["score"].get("deterministic", True))):
+                values = _compute_and_log(feats, table, names, c["score"].get("device"))
             results.append(CellResult(split, run.info.run_id, values, skipped=False, cached_features=cached))
         print(f"[score] {model_name} x {dataset_name} [{split}] " + ", ".join(f"{k}={v:.4g}" for k, v in values.items()), flush=True)
     return results
+
+
+@contextlib.contextmanager
+def _single_thread(enabled: bool):
+    """Run torch on one CPU thread: multi-threaded reductions (MKL) change the last bits of the scores from
+    run to run; with one thread a cell reproduces exactly on the same machine."""
+    if not enabled:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _compute_and_log(feats: Features, table: SampleTable, names: list[str], device: str | None) -> dict[str, float]:
