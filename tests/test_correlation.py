@@ -131,3 +131,13 @@ def test_row_order_changes_nothing():
     table = _table(np.random.default_rng(2))
     shuffled = table.sample(frac=1.0, random_state=5).reset_index(drop=True)
     pd.testing.assert_frame_equal(correlate(table, n_boot=200), correlate(shuffled, n_boot=200))
+
+
+def test_last_bit_noise_is_not_a_ranking():
+    # H-Score equals C - 1 when N <= D; computed values differ only in the last bits
+    table = pd.DataFrame({"dataset": "d", "score": "hscore", "model": ["a", "b", "c"],
+                          "value": [0.99999999999999856, 0.99999999999999978, 0.9999999999999990],
+                          "target": [0.6, 0.7, 0.8]})
+    with pytest.warns(UndefinedCorrelation):
+        row = correlate(table, n_boot=20).iloc[0]
+    assert np.isnan(row.tau)

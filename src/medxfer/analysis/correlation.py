@@ -86,6 +86,9 @@ def _check(table: pd.DataFrame) -> pd.DataFrame:
                 f"correlation table row {bad[0]}: {col}={table.loc[bad[0], col]} is not a finite number "
                 f"(dataset={row['dataset']!r}, model={row['model']!r}, score={row['score']!r})"
             )
+    # compare at 10 significant digits: last-bit floating noise (e.g. H-Score = C - 1 exactly when N <= D,
+    # computed as 0.99999999999999856 vs 0.99999999999999978) must not be read as a ranking
+    t["ranked"] = t["value"].map(lambda v: float(f"{v:.10g}"))
     dup = t.duplicated(["dataset", "model", "score"], keep=False)
     if dup.any():
         row = t[dup].iloc[0]
@@ -112,20 +115,22 @@ def correlate(table: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0) -> pd.D
         and its interval pool pairs within each dataset (never across), ``n`` is the total number of
         (dataset, model) points, and ``wtau``, ``pearson``, ``spearman`` and ``regret`` are means over datasets.
         A correlation that is undefined (a constant score) is NaN with an :class:`UndefinedCorrelation` warning.
+        Score values are compared at 10 significant digits, so floating-point noise is never read as a ranking.
     """
     t = _check(table)
     # a fixed row order makes the seeded bootstrap independent of how the table was assembled
     t = t.assign(model=t["model"].astype(str)).sort_values(["dataset", "score", "model"], kind="stable")
     rows = []
     for (dataset, score), g in t.groupby(["dataset", "score"], sort=True):
-        x, y = g["value"].to_numpy(float), g["target"].to_numpy(float)
+        x, y = g["ranked"].to_numpy(float), g["target"].to_numpy(float)
         if len(g) < 2:
             raise AnalysisError(f"dataset {dataset!r}, score {score!r}: {len(g)} model(s); correlations need at least 2")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # scipy warns on constant input; reported below instead
             tau = stats.kendalltau(x, y).statistic
             wtau = stats.weightedtau(x, y).statistic
-            pearson = stats.pearsonr(x, y).statistic if np.ptp(x) > 0 and np.ptp(y) > 0 else np.nan
+            raw = g["value"].to_numpy(float)
+            pearson = stats.pearsonr(raw, y).statistic if np.ptp(x) > 0 and np.ptp(y) > 0 else np.nan
             spearman = stats.spearmanr(x, y).statistic
         if not np.isfinite(tau):
             warnings.warn(f"dataset {dataset!r}, score {score!r}: tau undefined (constant score or target); reported as NaN",
@@ -137,7 +142,7 @@ def correlate(table: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0) -> pd.D
     per = pd.DataFrame(rows, columns=COLUMNS)
     pooled = []
     for score, g in t.groupby("score", sort=True):
-        groups = [(d["value"].to_numpy(float), d["target"].to_numpy(float)) for _, d in g.groupby("dataset", sort=True)]
+        groups = [(d["ranked"].to_numpy(float), d["target"].to_numpy(float)) for _, d in g.groupby("dataset", sort=True)]
         lo, hi = bootstrap_tau(groups, n_boot=n_boot, seed=seed)
         means = per[per["score"] == score][["wtau", "pearson", "spearman", "regret"]].mean()
         pooled.append({"dataset": "ALL", "score": score, "n": len(g), "tau": pooled_tau(groups), "tau_lo": lo,
