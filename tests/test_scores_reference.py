@@ -192,3 +192,12 @@ def test_hscore_pseudo_inverse_keeps_small_but_real_directions():
     expected = ref_hscore(features, labels)
     assert hscore(features, labels) == pytest.approx(expected, rel=RTOL)
     assert expected > hscore(base, labels) + 0.2  # the small direction separates the classes further
+
+
+def test_leep_and_nce_match_reference_across_row_blocks():
+    rng = np.random.default_rng(13)
+    labels = rng.integers(0, 5, size=5000)  # more rows than one LEEP block
+    logits = rng.normal(size=(5000, 40)) + 2.0 * (rng.normal(size=(5, 40)))[labels]
+    probs = (np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)).astype(np.float32)
+    assert leep(probs, labels) == pytest.approx(ref_leep(probs, labels), rel=RTOL)
+    assert nce(probs, labels) == pytest.approx(ref_nce(probs, labels), rel=RTOL)

@@ -54,8 +54,9 @@ def threads_for_synchronised_work(device: "torch.device") -> int:
     The eigendecomposition (its tridiagonal reduction synchronises the threads at every column) and the EM's
     repeated products suffer most when other processes keep the cores busy: a 2048 x 2048 eigh takes 0.9 s
     with two threads on idle cores, 5-30 s with two threads on busy ones, and 1.9 s with one thread in either
-    case.  A 384 x 384 matrix product timed with both settings (about 15 ms) tells which case we are in now.
-    Thread counts change rounding only (about 1e-16 relative).
+    case.  A 384 x 384 matrix product timed with both settings (about 15 ms, 0.15 s when busy) tells which case
+    we are in now.  Thread counts change rounding only (about 1e-16 relative); with torch set to one thread
+    (the score stage's reproducible mode) nothing is probed.
     """
     import torch
 
@@ -72,9 +73,16 @@ def threads_for_synchronised_work(device: "torch.device") -> int:
             _PROBE @ _PROBE
             return time.perf_counter() - start
 
-    ones, manys = zip(*[(timed(1), timed(threads)) for _ in range(3)])
-    # interleaved, best of three: a one-off hiccup (another library's threads still spinning) does not decide
-    return threads if min(manys) < 0.9 * min(ones) else 1
+    def several_threads_help() -> bool:
+        ones, manys = zip(*[(timed(1), timed(threads)) for _ in range(3)])  # interleaved; medians resist luck
+        return sorted(manys)[1] < 0.9 * sorted(ones)[1]
+
+    if several_threads_help():
+        return threads
+    # NumPy's OpenBLAS threads keep spinning for up to ~0.1 s after a call (the Gram matrix comes just before the
+    # eigendecomposition) and look like another busy process: ask again once they have gone to sleep.
+    time.sleep(0.1)
+    return threads if several_threads_help() else 1
 
 
 def resolve_device(device) -> "torch.device":
@@ -121,11 +129,16 @@ def flip_signs_like_sklearn(vectors: "torch.Tensor") -> "torch.Tensor":
     return vectors * signs
 
 
-def eigh_descending(symmetric: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
-    """Eigenvalues in decreasing order and the matching eigenvectors (columns), signs as in scikit-learn's PCA."""
+def eigh_descending(symmetric: "torch.Tensor", threads: int | None = None) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Eigenvalues in decreasing order and the matching eigenvectors (columns), signs as in scikit-learn's PCA.
+
+    ``threads``: CPU threads for the decomposition; by default :func:`threads_for_synchronised_work` decides.
+    """
     import torch
 
-    with limited_threads(symmetric.device, threads_for_synchronised_work(symmetric.device)):
+    if threads is None:
+        threads = threads_for_synchronised_work(symmetric.device)
+    with limited_threads(symmetric.device, threads):
         try:
             values, vectors = torch.linalg.eigh(symmetric)
         except RuntimeError as err:  # torch.linalg.LinAlgError derives from RuntimeError

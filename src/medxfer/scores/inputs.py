@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medxfer.scores._linalg import eigh_descending, gram, resolve_device
+from medxfer.scores._linalg import eigh_descending, gram, resolve_device, threads_for_synchronised_work
 from medxfer.scores.errors import ScoreError
 
 if TYPE_CHECKING:
@@ -173,8 +173,8 @@ class ScoreInputs:
         device: ``None`` (CPU) or a torch device such as ``"cuda"`` for the dense linear algebra.
 
     Attributes that are computed on first access (and then shared by every score using the same object):
-    ``features`` (float64 NumPy), ``probs`` (float64 NumPy), ``x`` (float64 torch on the device), ``mean``, ``centred``,
-    ``centred_class_sums``, ``class_sums``, ``centred_gram``, ``cov``, ``cov_eigh``, ``probs``, and ``pca(k)``.
+    ``features`` and ``probs`` (float64 NumPy), ``x`` (float64 torch on the device), ``mean``, ``centred``,
+    ``centred_class_sums``, ``class_sums``, ``centred_gram``, ``cov``, ``cov_eigh`` and ``pca(k)``.
     """
 
     def __init__(self, features: Any, labels: Any, probs: Any = None, *, device: Any = None) -> None:
@@ -215,6 +215,7 @@ class ScoreInputs:
     # -- source probabilities -------------------------------------------------------------------------------
     @property
     def has_probs(self) -> bool:
+        """Whether source probabilities were given."""
         return self._raw_probs is not None
 
     @cached_property
@@ -291,7 +292,9 @@ class ScoreInputs:
     @cached_property
     def cov_eigh(self) -> tuple["torch.Tensor", "torch.Tensor"]:
         """Eigenvalues of :attr:`cov` in decreasing order and eigenvectors as columns (PCA sign convention)."""
-        return eigh_descending(self.cov)
+        # decide the threads before the Gram matrix, while NumPy's BLAS threads are not spinning after it
+        threads = threads_for_synchronised_work(self.device)
+        return eigh_descending(self.cov, threads)
 
     def pca(self, n_components: int) -> "torch.Tensor":
         """(N, n_components) projections on the leading principal axes, as ``PCA(...).fit_transform``.

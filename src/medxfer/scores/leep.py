@@ -12,22 +12,32 @@ from medxfer.scores.registry import register_score, single_score as _single_scor
 
 __all__ = ["leep", "leep_from_inputs", "leep_from_posteriors"]
 
+LEEP_BLOCK_ROWS = 2048
+
 
 def leep_from_posteriors(posteriors: np.ndarray, codes: np.ndarray, n_classes: int) -> float:
-    """LEEP of (N, S) posteriors p(z|x) against labels already encoded as 0..C-1.
+    """LEEP of (N, S) posteriors p(z|x) (float32 or float64, computed in float64) against codes in 0..C-1.
 
     P(y|z) is the empirical joint sum_n p(z|x_n) [y_n = y] / N normalised over y.  A source class that gets
     no probability mass at all has no P(y|z); it is left out (its p(z|x) is zero for every sample, so it
     contributes nothing), where the paper's code would divide 0 by 0 and return NaN.
     """
     n = posteriors.shape[0]
-    one_hot = np.zeros((n, n_classes))
-    one_hot[np.arange(n), codes] = 1.0
-    joint = (one_hot.T @ posteriors) / float(n)  # (C, S)
+    # row blocks converted to float64 one at a time: float32 input never needs a full float64 copy
+    blocks = [slice(start, min(start + LEEP_BLOCK_ROWS, n)) for start in range(0, n, LEEP_BLOCK_ROWS)]
+    joint = np.zeros((n_classes, posteriors.shape[1]))
+    for rows in blocks:
+        one_hot = np.zeros((rows.stop - rows.start, n_classes))
+        one_hot[np.arange(rows.stop - rows.start), codes[rows]] = 1.0
+        joint += one_hot.T @ np.asarray(posteriors[rows], dtype=np.float64)
+    joint /= float(n)  # P(y, z), (C, S)
     marginal = joint.sum(axis=0, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         conditional = np.where(marginal > 0, joint / marginal, 0.0)  # P(y | z), (C, S)
-    expected = (posteriors @ conditional.T)[np.arange(n), codes]  # sum_z p(z|x_n) P(y_n|z)
+    expected = np.empty(n)  # sum_z p(z|x_n) P(y_n|z)
+    for rows in blocks:
+        block = np.asarray(posteriors[rows], dtype=np.float64) @ conditional.T
+        expected[rows] = block[np.arange(rows.stop - rows.start), codes[rows]]
     if not (expected > 0).all():
         row = int(np.flatnonzero(~(expected > 0))[0])
         raise ScoreError(
@@ -39,7 +49,7 @@ def leep_from_posteriors(posteriors: np.ndarray, codes: np.ndarray, n_classes: i
 
 def leep_from_inputs(inputs: ScoreInputs) -> float:
     """LEEP of validated inputs (see :func:`leep`)."""
-    return leep_from_posteriors(inputs.probs, inputs.codes, inputs.n_classes)
+    return leep_from_posteriors(inputs.raw_probs, inputs.codes, inputs.n_classes)
 
 
 def leep(probs: Any, labels: Any) -> float:
