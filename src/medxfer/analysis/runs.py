@@ -105,5 +105,5 @@ def load_study(
     else:
         joined = pd.DataFrame()
     iid = _long(joined, SCORE_PREFIX, target)
-    ood = _long(selected, OOD_SCORE_PREFIX, "metrics.ood/bal_acc") if len(selected) else _long(pd.DataFrame(), OOD_SCORE_PREFIX, "")
+    ood = _long(selected, OOD_SCORE_PREFIX, "metrics.ood/bal_acc")
     return StudyTables(iid=iid, ood=ood, selected=selected, missing=missing)

@@ -21,7 +21,7 @@ def main(cfg: DictConfig) -> None:
         for stage, c in report.counts.items()
     ))
     analysis = report.outputs.get("analysis")
-    if analysis is not None and getattr(analysis, "figures", None):
+    if analysis is not None and analysis.figures:
         print("[study] figures:\n  " + "\n  ".join(str(p) for p in analysis.figures))
     print(f"[study] browse the runs: make ui  (MLflow UI on http://127.0.0.1:5000, store {cfg.tracking.uri})")
 

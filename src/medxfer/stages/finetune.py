@@ -32,7 +32,7 @@ from medxfer.data.tables import DatasetSplits
 from medxfer.data.transforms import Preprocess, resolve_preprocess
 from medxfer.models.extract import Features, extract_features, quiet_lightning
 from medxfer.models.zoo import ModelSpec, create_model, model_data_config, resolve_weights, state_dict_digest
-from medxfer.stages.score import _strip_roots
+from medxfer.stages.score import dataset_identity
 from medxfer.tracking import cell_id, cell_run, ensure_experiment, find_finished_run, reap_dead_runs, setup_tracking
 from medxfer.training.callbacks import MlflowEpochMetrics
 from medxfer.training.checkpoints import (
@@ -76,7 +76,7 @@ class FinetuneResult:
 
 def _training_parts(c: dict[str, Any]) -> dict[str, Any]:
     return {
-        "stage": "finetune", "model": c["model"], "dataset": _strip_roots(c["dataset"]),
+        "stage": "finetune", "model": c["model"], "dataset": dataset_identity(c["dataset"]),
         "preprocess": c["preprocess"], "finetune": {k: c["finetune"].get(k) for k in RESULT_KEYS},
     }
 

@@ -40,10 +40,11 @@ class CellResult:
     cached_features: bool = False
 
 
-def _strip_roots(node: Any) -> Any:
-    """Config without data locations: moving the data folder does not make a new cell."""
+def dataset_identity(node: Any) -> Any:
+    """A dataset config without data locations or display options: what makes a cell (score or fine-tune)
+    distinct. Moving the data folder does not make a new cell."""
     if isinstance(node, dict):
-        return {k: _strip_roots(v) for k, v in node.items() if k not in ("root", "download_hint", "progress")}
+        return {k: dataset_identity(v) for k, v in node.items() if k not in ("root", "download_hint", "progress")}
     return node
 
 
@@ -62,7 +63,7 @@ def score_names(requested: list[str] | None) -> list[str]:
 
 def score_cell_ids(c: dict[str, Any], names: list[str]) -> dict[str, str]:
     base = {
-        "stage": "score", "model": c["model"], "dataset": _strip_roots(c["dataset"]),
+        "stage": "score", "model": c["model"], "dataset": dataset_identity(c["dataset"]),
         "preprocess": c["preprocess"], "scores": names,
     }
     return {split: cell_id({**base, "split": split}) for split in c["splits"]}

@@ -7,7 +7,6 @@ Each stage's config is composed exactly as its own command would compose it, wit
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +40,8 @@ def _common(c: dict[str, Any]) -> list[str]:
 
 def run_study(cfg: DictConfig) -> StudyReport:
     """Run the score stage (and the fine-tune and analysis stages when enabled) over the study's grid."""
+    from medxfer.stages.analyze import run_analyze
+    from medxfer.stages.finetune import run_finetune
     from medxfer.stages.score import run_score
 
     c = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
@@ -60,10 +61,6 @@ def run_study(cfg: DictConfig) -> StudyReport:
     report.seconds["score"] = time.perf_counter() - t0
 
     if c["finetune"]["enabled"]:
-        if importlib.util.find_spec("medxfer.stages.finetune") is None:
-            raise RuntimeError("finetune.enabled=true but the fine-tune stage is not installed in this version")
-        from medxfer.stages.finetune import run_finetune
-
         t0 = time.perf_counter()
         trials = [(m, d, t) for (m, d) in cells for t in c["finetune"]["trials"]]
         print(f"[study] stage finetune: {len(trials)} trials ({len(cells)} cells x {len(c['finetune']['trials'])} Halton points)", flush=True)
@@ -72,16 +69,14 @@ def run_study(cfg: DictConfig) -> StudyReport:
             result = run_finetune(compose_stage(
                 "finetune", [f"model={m}", f"dataset={d}", f"trial={t}", *common, *c["finetune"]["overrides"]]
             ))
-            skipped = bool(getattr(result, "skipped", False))
+            skipped = result.skipped
             done += skipped
             ran += not skipped
             print(f"[study] finetune {i}/{len(trials)} trials", flush=True)
         report.counts["finetune"] = {"skipped": done, "ran": ran}
         report.seconds["finetune"] = time.perf_counter() - t0
 
-    if c["analyze"]["enabled"] and importlib.util.find_spec("medxfer.stages.analyze") is not None:
-        from medxfer.stages.analyze import run_analyze
-
+    if c["analyze"]["enabled"]:
         t0 = time.perf_counter()
         print("[study] stage analyze", flush=True)
         report.outputs["analysis"] = run_analyze(compose_stage("analyze", [*common, *c["analyze"]["overrides"]]))
