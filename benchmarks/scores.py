@@ -2,6 +2,7 @@
 
     PYTHONPATH=src .venv/bin/python benchmarks/scores.py            # ISIC 2019 training split, ResNet-50 width
     PYTHONPATH=src .venv/bin/python benchmarks/scores.py --quick    # a few seconds
+    PYTHONPATH=src .venv/bin/python benchmarks/scores.py --extra --n 3000 --d 1280   # the opt-in scores
 
 Data are synthetic and seeded (``tests/scores_reference.py::synthetic_scores_data``): non-negative features with
 class structure, ISIC 2019 class imbalance, and probabilities from a softmax of a random linear source head.
@@ -21,7 +22,12 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parents[1] / "tests"
 sys.path.insert(0, str(TESTS))
 
-from scores_reference import ref_gbc, reference_scores, synthetic_scores_data  # noqa: E402
+from scores_reference import (  # noqa: E402
+    EXTRA_REFERENCE_SCORES,
+    ref_gbc,
+    reference_scores,
+    synthetic_scores_data,
+)
 
 from medxfer.scores import compute_scores  # noqa: E402
 
@@ -47,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--details", action="store_true", help="also report N-LEEP's PCA dimension and EM iterations (refits, untimed)"
     )
+    parser.add_argument(
+        "--extra",
+        action="store_true",
+        help="time the opt-in scores (sfda, parc, transrate, etran, pactran, knn, linear_probe) instead of the seven",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.n, args.d, args.s = 2000, 256, 100
@@ -70,12 +81,15 @@ def main(argv: list[str] | None = None) -> int:
         compute_scores(*tiny, device=args.device)
         if not args.no_reference:
             reference_scores(*tiny)
+        if args.extra:
+            compute_scores(*tiny, names=list(EXTRA_REFERENCE_SCORES)[:-1], device=args.device)
 
+    names = list(EXTRA_REFERENCE_SCORES)[:-1] if args.extra else None  # imagenet_top1 only echoes an option
     fast_times: dict[str, float] = {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         start = time.perf_counter()
-        fast = compute_scores(features, labels, probs, device=args.device, timings=fast_times)
+        fast = compute_scores(features, labels, probs, names, device=args.device, timings=fast_times)
         fast_total = time.perf_counter() - start
     for warning in caught:
         print(f"warning (fast): {warning.category.__name__}: {warning.message}")
@@ -87,13 +101,19 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             start = time.perf_counter()
-            reference = reference_scores(features, labels, probs, timings=ref_times)
+            if args.extra:
+                for name in names:
+                    began = time.perf_counter()
+                    reference[name] = EXTRA_REFERENCE_SCORES[name](features, labels, probs)
+                    ref_times[name] = time.perf_counter() - began
+            else:
+                reference = reference_scores(features, labels, probs, timings=ref_times)
             ref_total = time.perf_counter() - start
 
-    print(f"\n{'score':<11}{'value':>20}{'fast s':>9}{'ref s':>9}{'speed-up':>10}{'rel diff':>11}")
+    print(f"\n{'score':<13}{'value':>18}{'fast s':>9}{'ref s':>9}{'speed-up':>10}{'rel diff':>11}")
     worst = 0.0
     for name, value in fast.items():
-        row = f"{name:<11}{value:>20.12g}{fast_times[name]:>9.2f}"
+        row = f"{name:<13}{value:>18.12g}{fast_times[name]:>9.2f}"
         if name in reference:
             diff = relative_difference(value, reference[name])
             worst = max(worst, diff)

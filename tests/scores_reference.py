@@ -266,3 +266,318 @@ def synthetic_scores_data(
     probs = np.exp(logits)
     probs /= probs.sum(axis=1, keepdims=True)
     return features.astype(dtype), labels, probs.astype(dtype)
+
+
+# -- the opt-in scores: literal ports of each paper's code (SFDA, PARC, TransRate, ETran, PACTran) and of the
+# -- documented baselines (k-NN, linear probe, ImageNet top-1), for tests/test_scores_extra.py --------------
+
+
+def ref_stratified_subsample(labels, max_samples, seed):
+    """The documented draw of medxfer.scores' PARC and k-NN, written out with loops."""
+    import math
+    from fractions import Fraction
+
+    y, n_classes = encode_labels(labels)
+    n = len(y)
+    if n <= max_samples:
+        return np.arange(n)
+    order = np.random.default_rng(seed).permutation(n)
+    counts = [int(np.sum(y == c)) for c in range(n_classes)]
+    first_seen = {}
+    for position, index in enumerate(order):
+        first_seen.setdefault(int(y[index]), position)
+    floors = [min(count, 2) for count in counts]
+    quotas = [Fraction(count * max_samples, n) for count in counts]  # exact: equal remainders tie
+    allocation = [min(max(math.floor(q), fl), count) for q, fl, count in zip(quotas, floors, counts)]
+    while sum(allocation) != max_samples:
+        if sum(allocation) < max_samples:
+            open_classes = [c for c in range(n_classes) if allocation[c] < counts[c]]
+            open_classes.sort(key=lambda c: (-(quotas[c] - allocation[c]), first_seen[c]))
+            for c in open_classes[: max_samples - sum(allocation)]:
+                allocation[c] += 1
+        else:
+            open_classes = [c for c in range(n_classes) if allocation[c] > floors[c]]
+            open_classes.sort(key=lambda c: (quotas[c] - allocation[c], first_seen[c]))
+            for c in open_classes[: sum(allocation) - max_samples]:
+                allocation[c] -= 1
+    chosen = []
+    for c in range(n_classes):
+        members = [int(index) for index in order if y[index] == c]
+        chosen.extend(members[: allocation[c]])
+    return np.array(sorted(chosen))
+
+
+def _sfda_cov(x, shrinkage=-1):
+    emp_cov = np.cov(np.asarray(x).T, bias=1)
+    if shrinkage < 0:
+        return emp_cov
+    n_features = emp_cov.shape[0]
+    mu = np.trace(emp_cov) / n_features
+    shrunk_cov = (1.0 - shrinkage) * emp_cov
+    shrunk_cov.flat[:: n_features + 1] += shrinkage * mu
+    return shrunk_cov
+
+
+def _sfda_softmax(x):
+    x = np.copy(x)
+    x -= np.max(x, axis=1).reshape((-1, 1))
+    np.exp(x, x)
+    x /= np.sum(x, axis=1).reshape((-1, 1))
+    return x
+
+
+def _sfda_iterative_a(a, max_iterations=3):
+    x = a.sum(axis=1)
+    for _ in range(max_iterations):
+        temp = np.dot(a, x)
+        y = temp / np.linalg.norm(temp, 2)
+        temp = np.dot(a, y)
+        x = temp / np.linalg.norm(temp, 2)
+    return np.dot(np.dot(x.T, a), y)
+
+
+class _RefSFDA:
+    """TencentARC/SFDA's SFDA class (regularised FDA), without its print."""
+
+    def __init__(self, shrinkage=None):
+        self.shrinkage = shrinkage
+
+    def fit(self, x, y):
+        from scipy import linalg
+
+        classes, y_t = np.unique(y, return_inverse=True)
+        self.priors_ = np.bincount(y_t) / float(len(y))
+        cnt = np.bincount(y_t)
+        means = np.zeros(shape=(len(classes), x.shape[1]))
+        np.add.at(means, y_t, x)
+        means /= cnt[:, None]
+        self.means_ = means
+        cov = np.zeros(shape=(x.shape[1], x.shape[1]))
+        for idx, group in enumerate(classes):
+            cov += self.priors_[idx] * np.atleast_2d(_sfda_cov(x[y == group, :]))
+        sw = cov
+        if self.shrinkage is None:
+            self.shrinkage = max(np.exp(-5 * _sfda_iterative_a(sw, max_iterations=3)), 1e-10)
+        st = _sfda_cov(x, shrinkage=self.shrinkage)
+        n_features = sw.shape[0]
+        mu = np.trace(sw) / n_features
+        shrunk_sw = (1.0 - self.shrinkage) * sw
+        shrunk_sw.flat[:: n_features + 1] += self.shrinkage * mu
+        sb = st - shrunk_sw
+        evals, evecs = linalg.eigh(sb, shrunk_sw)
+        evecs = evecs[:, np.argsort(evals)[::-1]]
+        self.coef_ = np.dot(self.means_, evecs).dot(evecs.T)
+        self.intercept_ = -0.5 * np.diag(np.dot(self.means_, self.coef_.T)) + np.log(self.priors_)
+        return self
+
+    def predict_proba(self, x):
+        return _sfda_softmax(np.dot(x, self.coef_.T) + self.intercept_)
+
+
+def ref_sfda(features, labels, log_prob=False):
+    """SFDA_Score of TencentARC/SFDA (on a float64 copy; the code overwrites its input with the mixed features).
+
+    ``log_prob=True`` averages log p(y|x) (the paper's formula) instead of p(y|x) (the code)."""
+    x = np.array(features, dtype=np.float64)
+    y, num_classes = encode_labels(labels)
+    n = len(y)
+    first = _RefSFDA()
+    prob = first.fit(x, y).predict_proba(x)
+    prob = np.exp(prob) / np.exp(prob).sum(axis=1, keepdims=True)
+    means = np.array([x[y == c].mean(axis=0) for c in range(num_classes)])
+    means_ = np.array([(means.sum(axis=0) - means[c]) / (num_classes - 1) for c in range(num_classes)])
+    for c in range(num_classes):
+        indices = np.where(y == c)[0]
+        y_prob = prob[indices, c].reshape(-1, 1)
+        x[indices] = y_prob * x[indices] + (1 - y_prob) * means_[c]
+    second = _RefSFDA(shrinkage=first.shrinkage)
+    prob = second.fit(x, y).predict_proba(x)
+    true_class = prob[np.arange(n), y]
+    return float(np.mean(np.log(true_class)) if log_prob else np.sum(true_class) / n)
+
+
+def ref_parc(features, labels, n_dims=32, max_samples=2000, seed=0):
+    """PARC of dbolya/parc on the documented subsample, exact PCA to min(n_dims, M - 1, D) components."""
+    from scipy.stats import spearmanr
+    from sklearn.preprocessing import StandardScaler
+
+    chosen = ref_stratified_subsample(labels, max_samples, seed)
+    f = np.asarray(features, dtype=np.float64)[chosen]
+    y, n_classes = encode_labels(np.asarray(labels)[chosen])
+    n_components = min(n_dims, f.shape[0] - 1, f.shape[1])
+    reduced = PCA(n_components=n_components, svd_solver="full").fit_transform(f)
+    reduced = StandardScaler().fit_transform(reduced)
+    one_hot = np.eye(n_classes)[y]
+    rdm1 = 1 - np.corrcoef(reduced)
+    # The code's 1 - np.corrcoef(one_hot) comes out 0 for the same-class pairs of some classes and 2.2e-16 for
+    # those of others, so Spearman ranks rounding noise (PARC moves by up to ~6 %); the exact values are 0
+    # and 1 + 1 / (C - 1), restored by rounding.
+    rdm2 = np.round(1 - np.corrcoef(one_hot), 12)
+    upper = np.triu_indices(rdm1.shape[0], 1)
+    return float(spearmanr(rdm1[upper], rdm2[upper])[0] * 100)
+
+
+def _coding_rate(z, eps):
+    n, d = z.shape
+    _, rate = np.linalg.slogdet(np.eye(d) + 1 / (n * eps) * z.transpose() @ z)
+    return 0.5 * rate
+
+
+def ref_transrate(features, labels, eps=1e-4):
+    """TransRate as printed in Huang et al. (ICML 2022)."""
+    z = np.asarray(features, dtype=np.float64)
+    y, n_classes = encode_labels(labels)
+    z = z - np.mean(z, axis=0, keepdims=True)
+    rate = _coding_rate(z, eps)
+    class_rates = 0.0
+    for c in range(n_classes):
+        class_rates += _coding_rate(z[(y == c).flatten()], eps)
+    return float(rate - class_rates / n_classes)
+
+
+def ref_etran(features, labels=None, percent=0.5):
+    """Energy_Score(features, percent, 'bot') of mgholamikn/ETran, in float64, at least one sample."""
+    import torch
+
+    energy = torch.logsumexp(torch.from_numpy(np.asarray(features, dtype=np.float64)), dim=-1).numpy()
+    count = max(int(percent * 10) * len(energy) // 1000, 1)
+    chosen = list(np.argsort(energy)[0:count])
+    return float(energy[chosen].mean())
+
+
+def ref_pactran(features, labels, lda_factor=1.0, max_iter=100, tol=1e-6):
+    """-calculate_pac_gauss(...)[0][0][1] of google-research/pactran_metrics, started from zeros."""
+    import scipy.optimize
+    import scipy.special
+
+    features_np_all = np.array(features, dtype=np.float64)
+    y, nclasses = encode_labels(labels)
+    label_np_all = np.zeros((y.size, nclasses))
+    label_np_all[np.arange(y.size), y] = 1.0
+    features_np_all -= np.mean(features_np_all, axis=0, keepdims=True)
+    bs = features_np_all.shape[0]
+    kd = features_np_all.shape[-1] * nclasses
+    ldas2 = lda_factor * bs
+    dinv = 1.0 / float(features_np_all.shape[-1])
+    d = features_np_all.shape[-1]
+
+    def pac_loss_fn(theta):
+        theta = np.reshape(theta, [d + 1, nclasses])
+        w, b = theta[:d, :], theta[d:, :]
+        logits = np.matmul(features_np_all, w) + b
+        log_qz = logits - scipy.special.logsumexp(logits, axis=-1, keepdims=True)
+        xent = np.sum(np.sum(label_np_all * (np.log(label_np_all + 1e-10) - log_qz), axis=-1)) / bs
+        return xent + 0.5 * np.sum(np.square(w)) / ldas2
+
+    def pac_grad_fn(theta):
+        theta = np.reshape(theta, [d + 1, nclasses])
+        w, b = theta[:d, :], theta[d:, :]
+        logits = np.matmul(features_np_all, w) + b
+        grad_f = scipy.special.softmax(logits, axis=-1)
+        grad_f -= label_np_all
+        grad_f /= bs
+        grad_w = np.matmul(features_np_all.transpose(), grad_f) + w / ldas2
+        grad_b = np.sum(grad_f, axis=0, keepdims=True)
+        return np.ravel(np.concatenate([grad_w, grad_b], axis=0))
+
+    def pac_grad2(theta):
+        theta = np.reshape(theta, [d + 1, nclasses])
+        w, b = theta[:d, :], theta[d:, :]
+        logits = np.matmul(features_np_all, w) + b
+        prob_logits = scipy.special.softmax(logits, axis=-1)
+        grad2_f = prob_logits - np.square(prob_logits)
+        xx = np.square(features_np_all)
+        grad2_w = np.matmul(xx.transpose(), grad2_f) + 1.0 / ldas2
+        grad2_b = np.sum(grad2_f, axis=0, keepdims=True)
+        return np.ravel(np.concatenate([grad2_w, grad2_b], axis=0))
+
+    theta_1d = np.zeros((d + 1) * nclasses)
+    theta_1d = scipy.optimize.minimize(
+        pac_loss_fn, theta_1d, method="L-BFGS-B", jac=pac_grad_fn, options=dict(maxiter=max_iter), tol=tol
+    ).x
+    pac_opt = pac_loss_fn(theta_1d)
+    sigma2_inv = np.sum(pac_grad2(theta_1d)) * ldas2 / kd + 1e-10
+    s2 = 100.0 * lda_factor * dinv
+    return float(-(pac_opt + 0.5 * kd / ldas2 * s2 * np.log(sigma2_inv)))
+
+
+def ref_knn(features, labels, k=5, metric="cosine", max_samples=2000, seed=0):
+    """Leave-one-out k-NN balanced accuracy on the documented subsample, one sample at a time."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    chosen = ref_stratified_subsample(labels, max_samples, seed)
+    f = np.asarray(features, dtype=np.float64)[chosen]
+    y, _ = encode_labels(np.asarray(labels)[chosen])
+    m = len(y)
+    predictions = []
+    for i in range(m):
+        others = [j for j in range(m) if j != i]
+        if metric == "cosine":
+            norm_i = np.linalg.norm(f[i])
+            keys = []
+            for j in others:
+                norm_j = np.linalg.norm(f[j])
+                similarity = 0.0 if norm_i == 0 or norm_j == 0 else np.dot(f[i], f[j]) / (norm_i * norm_j)
+                keys.append((-similarity, j))
+        else:
+            keys = [(float(np.sum((f[i] - f[j]) ** 2)), j) for j in others]
+        nearest = [j for _, j in sorted(keys)[:k]]
+        votes = {}
+        for position, j in enumerate(nearest):
+            count, first = votes.get(y[j], (0, position))
+            votes[y[j]] = (count + 1, first)
+        best = max(votes.items(), key=lambda item: (item[1][0], -item[1][1]))
+        predictions.append(best[0])
+    return float(balanced_accuracy_score(y, predictions))
+
+
+def ref_linear_probe(features, labels, test_size=0.2, seed=0, C=1.0, max_iter=1000):
+    """Stratified split, StandardScaler, LogisticRegression(lbfgs), held-out balanced accuracy."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+
+    f = np.asarray(features, dtype=np.float64)
+    y, _ = encode_labels(labels)
+    f_train, f_test, y_train, y_test = train_test_split(f, y, test_size=test_size, stratify=y, random_state=seed)
+    scaler = StandardScaler().fit(f_train)
+    model = LogisticRegression(C=C, solver="lbfgs", max_iter=max_iter).fit(scaler.transform(f_train), y_train)
+    return float(balanced_accuracy_score(y_test, model.predict(scaler.transform(f_test))))
+
+
+def ref_nleep_seeds(features, labels, seeds):
+    """(mean, sample std) of N-LEEP over GaussianMixture(random_state=seed) fits, as the paper's code per seed."""
+    f = np.asarray(features, dtype=np.float64)
+    _, n_classes = encode_labels(labels)
+    features_pca = PCA(n_components=0.8, random_state=42).fit_transform(f)
+    values = []
+    for seed in seeds:
+        gmm = GaussianMixture(n_components=5 * n_classes, random_state=seed).fit(features_pca)
+        values.append(ref_leep(gmm.predict_proba(features_pca), labels))
+    return float(np.mean(values)), float(np.std(values, ddof=1))
+
+
+EXTRA_REFERENCE_SCORES = {
+    "sfda": lambda f, y, p, **options: ref_sfda(f, y, **options),
+    "parc": lambda f, y, p, **options: ref_parc(f, y, **options),
+    "transrate": lambda f, y, p, **options: ref_transrate(f, y, **options),
+    "etran": lambda f, y, p, **options: ref_etran(f, y, **options),
+    "pactran": lambda f, y, p, **options: ref_pactran(f, y, **options),
+    "knn": lambda f, y, p, **options: ref_knn(f, y, **options),
+    "linear_probe": lambda f, y, p, **options: ref_linear_probe(f, y, **options),
+    "imagenet_top1": lambda f, y, p, top1=None: float(top1),
+}
+
+__all__ += [
+    "EXTRA_REFERENCE_SCORES",
+    "ref_etran",
+    "ref_knn",
+    "ref_linear_probe",
+    "ref_nleep_seeds",
+    "ref_pactran",
+    "ref_parc",
+    "ref_sfda",
+    "ref_stratified_subsample",
+    "ref_transrate",
+]

@@ -137,3 +137,52 @@ def test_unknown_model_or_dataset_config():
         compose_config("score", ["model=resnet999"])
     with pytest.raises(MissingConfigException, match="dataset.*nosuchdata"):
         compose_config("score", ["dataset=nosuchdata"])
+
+
+def test_score_all_logs_every_registered_scorer_with_extras(score_cfg, project):
+    """score=all: the paper's seven and the later scorers, the subsample sizes, the model's published top-1."""
+    results = run_score(score_cfg("score=all", "splits=[iid]", "+score.options.nleep.seeds=[0,1,2]"))
+    runs = _runs(project)
+    assert len(runs) == 1 and runs["status"].iloc[0] == "FINISHED"
+    run = runs.iloc[0]
+    everything = available_scores(include_opt_in=True)
+    assert {"sfda", "parc", "transrate", "etran", "pactran", "knn", "linear_probe", "imagenet_top1"} <= set(everything)
+    for name in everything:
+        assert math.isfinite(run[f"metrics.score/{name}"]), name
+    assert results[0].scores.keys() == set(everything)
+    assert run["metrics.score/imagenet_top1"] == 74.830  # conf/model/efficientnet_lite0.yaml
+    n = int(run["params.n_samples"])
+    assert run["metrics.score_extra/parc/n_samples"] == min(n, 2000) and run["metrics.score_extra/parc/seed"] == 0
+    assert run["metrics.score_extra/knn/n_samples"] == min(n, 2000)
+    assert run["metrics.score_extra/nleep/n_seeds"] == 3 and run["metrics.score_extra/nleep/std"] >= 0
+    # knn and linear_probe are balanced accuracies; sfda a mean probability
+    for name in ("knn", "linear_probe", "sfda"):
+        assert 0 <= run[f"metrics.score/{name}"] <= 1
+
+
+def test_score_options_are_checked_and_make_new_cells_only_when_they_change_a_value(score_cfg, project):
+    cfg = score_cfg("score=parc", "splits=[iid]")
+    ids = score_stage.score_cell_ids
+    from omegaconf import OmegaConf
+
+    def cells(*overrides):
+        c = OmegaConf.to_container(score_cfg("score=parc", "splits=[iid]", *overrides), resolve=True)
+        names = score_stage.score_names(c["score"]["names"])
+        return ids(c, names, score_stage.score_options(c["score"]["options"], c["model"], names))
+
+    assert cells() == cells("+score.options.parc.max_samples=2000")  # spelling out the default
+    assert cells() != cells("+score.options.parc.max_samples=100")
+    # filling in the published top-1 does not turn finished cells of other scores into new ones
+    assert cells() == cells("model.imagenet_top1=null")
+    with pytest.raises(ValueError, match=r"score.options.parc: unknown option\(s\) \['max_sample'\]; parc accepts"):
+        run_score(score_cfg("score=parc", "+score.options.parc.max_sample=10"))
+    with pytest.raises(ValueError, match=r"score.options names unknown score\(s\) \['parcc'\]"):
+        run_score(score_cfg("score=parc", "+score.options.parcc.seed=1"))
+    assert math.isfinite(run_score(cfg)[0].scores["parc"])
+
+
+def test_imagenet_top1_without_a_published_value_fails_naming_the_option(score_cfg, project):
+    with pytest.raises(Exception, match=r"model.imagenet_top1"):
+        run_score(score_cfg("score=imagenet_top1", "splits=[iid]", "model.imagenet_top1=null"))
+    runs = _runs(project)
+    assert list(runs["status"]) == ["FAILED"] and "model.imagenet_top1" in runs["tags.error"].iloc[0]

@@ -73,7 +73,7 @@ def test_scores_needing_probs_without_probs_raise(data):
     with pytest.raises(ScoreError, match=r"\['nce', 'leep'\] need probs"):
         compute_scores(features, labels)
     with pytest.raises(ScoreError, match="unknown score name"):
-        compute_scores(features, labels, names=["hscore", "sfda"])
+        compute_scores(features, labels, names=["hscore", "not_a_score"])
 
 
 def test_register_score_plugs_a_new_score_in(data):

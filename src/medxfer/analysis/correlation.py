@@ -72,12 +72,21 @@ def top1_regret(value: np.ndarray, target: np.ndarray) -> float:
     return float(target.max() - target[top].min())
 
 
-def _check(table: pd.DataFrame) -> pd.DataFrame:
-    missing = [c for c in REQUIRED if c not in table.columns]
+def comparable(values: pd.Series) -> pd.Series:
+    """Score values rounded to 10 significant digits: what the analysis compares, so that last-bit floating
+    noise (e.g. H-Score = C - 1 exactly when N <= D, computed as 0.99999999999999856 vs 0.99999999999999978) is
+    never read as a ranking."""
+    return values.map(lambda v: float(f"{v:.10g}"))
+
+
+def _check(table: pd.DataFrame, columns: list[str] = REQUIRED) -> pd.DataFrame:
+    """The ``columns`` of ``table``, with finite numbers in ``value``/``target``, one row per (dataset, model,
+    score), and ``ranked`` (:func:`comparable` values) added."""
+    missing = [c for c in columns if c not in table.columns]
     if missing:
         raise AnalysisError(f"correlation table lacks columns {missing}; it has {list(table.columns)}")
-    t = table[REQUIRED].copy()
-    for col in ("value", "target"):
+    t = table[columns].copy()
+    for col in [c for c in ("value", "target") if c in columns]:
         t[col] = pd.to_numeric(t[col], errors="coerce")
         bad = t.index[~np.isfinite(t[col].to_numpy(dtype=float))]
         if len(bad):
@@ -86,9 +95,7 @@ def _check(table: pd.DataFrame) -> pd.DataFrame:
                 f"correlation table row {bad[0]}: {col}={table.loc[bad[0], col]} is not a finite number "
                 f"(dataset={row['dataset']!r}, model={row['model']!r}, score={row['score']!r})"
             )
-    # compare at 10 significant digits: last-bit floating noise (e.g. H-Score = C - 1 exactly when N <= D,
-    # computed as 0.99999999999999856 vs 0.99999999999999978) must not be read as a ranking
-    t["ranked"] = t["value"].map(lambda v: float(f"{v:.10g}"))
+    t["ranked"] = comparable(t["value"])
     dup = t.duplicated(["dataset", "model", "score"], keep=False)
     if dup.any():
         row = t[dup].iloc[0]

@@ -14,17 +14,19 @@ from matplotlib.lines import Line2D
 MARKERS = ["o", "s", "^", "v", "D", "P", "X", "*", "<", ">", "h", "p"]
 
 
-def correlation_figure(table: pd.DataFrame, corr: pd.DataFrame, *, title: str, target_label: str) -> Figure:
+def correlation_figure(table: pd.DataFrame, corr: pd.DataFrame, *, title: str, target_label: str,
+                       scores: list[str] | None = None) -> Figure:
     """One panel per (dataset, score): score value (x) against ``target`` (y) for every model.
 
     Args:
         table: long table ``dataset, model, score, value, target`` (what :func:`correlate` took).
         corr: the output of :func:`correlate` for it (tau per dataset and score is printed in each panel).
+        scores: the columns, in order (None: every score of the table, sorted); e.g. ensembles after the scores.
     """
     if len(table) == 0:
         raise ValueError(f"no data to plot for {title!r}")
     datasets = sorted(table["dataset"].unique())
-    scores = sorted(table["score"].unique())
+    scores = list(scores) if scores is not None else sorted(table["score"].unique())
     models = sorted(table["model"].unique())
     cmap = matplotlib.colormaps["tab10"]
     style = {m: (MARKERS[i % len(MARKERS)], cmap(i % 10)) for i, m in enumerate(models)}

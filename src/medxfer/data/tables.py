@@ -95,6 +95,23 @@ class SampleTable:
             h.update(f"\n{sample_id}\t{label}".encode())
         return h.hexdigest()
 
+    def content_digest(self) -> str:
+        """SHA-256 of what the images are: each file's resolved path, size and modification time (or the pixel
+        array's bytes). Two datasets with the same file names and labels but other images (a copy edited in
+        place, another folder) differ here, so their cached features are never mixed up; reading the files'
+        metadata costs a stat per image, not a read."""
+        h = hashlib.sha256(self.digest().encode())
+        if self.images is not None:
+            h.update(np.ascontiguousarray(self.images).tobytes())
+            return h.hexdigest()
+        for path in self.paths:
+            try:
+                st = Path(path).stat()
+            except OSError as err:
+                raise DataError(f"{self.name}: cannot read image file {path}: {err.strerror}") from None
+            h.update(f"\n{Path(path).resolve()}\t{st.st_size}\t{st.st_mtime_ns}".encode())
+        return h.hexdigest()
+
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.labels, minlength=self.n_classes)
         return {name: int(c) for name, c in zip(self.class_names, counts)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,9 +12,11 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from medxfer.analysis.correlation import correlate
+from medxfer.analysis.ensembles import EnsembleWarning, add_ensembles, parse_ensembles
 from medxfer.analysis.figures import correlation_figure, save_figure
 from medxfer.analysis.runs import load_study
 from medxfer.tracking import cell_run, ensure_experiment, setup_tracking
+from medxfer.tracking.retry import retry_locked
 
 
 class IncompleteStudy(RuntimeError):
@@ -27,6 +30,7 @@ class AnalysisResult:
     ood: pd.DataFrame
     figures: list[Path] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    weights: pd.DataFrame = field(default_factory=pd.DataFrame)  # linear ensembles' weights per held-out dataset
 
 
 def _log_correlations(corr: pd.DataFrame, prefix: str) -> None:
@@ -36,7 +40,13 @@ def _log_correlations(corr: pd.DataFrame, prefix: str) -> None:
             value = row[stat]
             if pd.notna(value):
                 metrics[f"{prefix}{stat}/{row['dataset']}/{row['score']}"] = float(value)
-    mlflow.log_metrics(metrics)
+    retry_locked(mlflow.log_metrics, metrics)
+
+
+def _score_order(table: pd.DataFrame, ensembles: list[str]) -> list[str]:
+    """The table's scores sorted, then its ensembles in config order (figure columns, printed tables)."""
+    present = set(table["score"])
+    return sorted(present - set(ensembles)) + [e for e in ensembles if e in present]
 
 
 def run_analyze(cfg: DictConfig, overrides: list[str] | None = None) -> AnalysisResult:
@@ -53,39 +63,66 @@ def run_analyze(cfg: DictConfig, overrides: list[str] | None = None) -> Analysis
         )
     if len(tables.iid) == 0:
         raise IncompleteStudy(f"study {study!r} has no (score run, fine-tune run) pair to correlate")
+    # ensembles become scores of the tables, so everything below (correlations, metrics, figures, CSV) has them
+    ensembles = parse_ensembles(c.get("ensembles"))
+    names = [e.name for e in ensembles]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", EnsembleWarning)
+        iid_ens = add_ensembles(tables.iid, ensembles, allow_incomplete=c["allow_incomplete"],
+                                where="the in-distribution table")
+        # OOD scores of single models may fail (the ood_score_errors tag) without failing the trial: such a
+        # model is left out of the OOD ensembles, with a warning, as correlate() leaves it out of that score
+        ood_ens = add_ensembles(tables.ood, ensembles, allow_incomplete=True,
+                                where="the out-of-distribution table") if len(tables.ood) else None
+    for w in caught:  # shown as usual, and kept for the run's warnings.txt
+        warnings.warn(w.message, w.category, stacklevel=2)
+    ensemble_warnings = [str(w.message) for w in caught if issubclass(w.category, EnsembleWarning)]
+    iid_table = iid_ens.table
+    ood_table = ood_ens.table if ood_ens is not None else tables.ood
+    fitted = [w.weights.assign(split=split) for split, w in (("iid", iid_ens), ("ood", ood_ens)) if w is not None and len(w.weights)]
+    weights = pd.concat(fitted, ignore_index=True) if fitted else pd.DataFrame()
+    if len(weights):
+        weights = weights[["split", *[col for col in weights.columns if col != "split"]]]
     boot = c["bootstrap"]
-    iid = correlate(tables.iid, n_boot=boot["n"], seed=boot["seed"])
-    ood = correlate(tables.ood, n_boot=boot["n"], seed=boot["seed"]) if len(tables.ood) else pd.DataFrame()
+    iid = correlate(iid_table, n_boot=boot["n"], seed=boot["seed"])
+    ood = correlate(ood_table, n_boot=boot["n"], seed=boot["seed"]) if len(ood_table) else pd.DataFrame()
     figures_dir = Path(c["figures_dir"])
     experiment_id = ensure_experiment(c["tracking"]["experiment"], c["tracking"].get("artifact_root"))
     tags = {"stage": "analysis", "study": study, "model": "all", "dataset": "all", "split": "iid+ood", "cell": "analysis"}
     with cell_run(experiment_id, run_name=f"{study}-analysis", tags=tags, config=c, overrides=overrides) as run:
         figures = []
         _log_correlations(iid, "")
-        fig = correlation_figure(tables.iid, iid, title=f"{study}: ImageNet-feature scores vs test balanced accuracy",
-                                 target_label="test bal. acc.")
+        fig = correlation_figure(iid_table, iid, title=f"{study}: ImageNet-feature scores vs test balanced accuracy",
+                                 target_label="test bal. acc.", scores=_score_order(iid_table, names))
         figures += save_figure(fig, figures_dir / "correlation_iid")
         if len(ood):
             _log_correlations(ood, "ood_")
-            fig = correlation_figure(tables.ood, ood, title=f"{study}: fine-tuned-model scores on the OOD set vs OOD balanced accuracy",
-                                     target_label="OOD bal. acc.")
+            fig = correlation_figure(ood_table, ood, title=f"{study}: fine-tuned-model scores on the OOD set vs OOD balanced accuracy",
+                                     target_label="OOD bal. acc.", scores=_score_order(ood_table, names))
             figures += save_figure(fig, figures_dir / "correlation_ood")
         with tempfile.TemporaryDirectory() as tmp:
             iid.to_csv(Path(tmp) / "correlations_iid.csv", index=False)
-            tables.iid.to_csv(Path(tmp) / "table_iid.csv", index=False)
+            iid_table.to_csv(Path(tmp) / "table_iid.csv", index=False)
             if len(ood):
                 ood.to_csv(Path(tmp) / "correlations_ood.csv", index=False)
-                tables.ood.to_csv(Path(tmp) / "table_ood.csv", index=False)
-            mlflow.log_artifacts(tmp, "tables")
+                ood_table.to_csv(Path(tmp) / "table_ood.csv", index=False)
+            if len(weights):
+                weights.to_csv(Path(tmp) / "ensemble_weights.csv", index=False)
+            retry_locked(mlflow.log_artifacts, tmp, "tables")
         iid.to_csv(figures_dir / "correlations_iid.csv", index=False)
         if len(ood):
             ood.to_csv(figures_dir / "correlations_ood.csv", index=False)
+        if len(weights):
+            weights.to_csv(figures_dir / "ensemble_weights.csv", index=False)
         for path in figures:
-            mlflow.log_artifact(str(path), "figures")
-        mlflow.log_params({"n_models": tables.iid["model"].nunique(), "n_datasets": tables.iid["dataset"].nunique(),
+            retry_locked(mlflow.log_artifact, str(path), "figures")
+        retry_locked(mlflow.log_params, {"n_models": tables.iid["model"].nunique(), "n_datasets": tables.iid["dataset"].nunique(),
                            "missing_cells": len(tables.missing)})
         if tables.missing:
-            mlflow.log_text("\n".join(tables.missing) + "\n", "missing.txt")
+            retry_locked(mlflow.log_text, "\n".join(tables.missing) + "\n", "missing.txt")
+        if ensemble_warnings:
+            retry_locked(mlflow.log_text, "\n".join(ensemble_warnings) + "\n", "warnings.txt")
     print(f"[analyze] study {study}: {tables.iid['model'].nunique()} models x {tables.iid['dataset'].nunique()} datasets; "
-          f"tau table (in distribution):\n" + iid.pivot(index="dataset", columns="score", values="tau").round(2).to_string())
-    return AnalysisResult(run.info.run_id, iid, ood, figures, tables.missing)
+          f"tau table (in distribution):\n" + iid.pivot(index="dataset", columns="score", values="tau")
+          [_score_order(iid_table, names)].round(2).to_string())
+    return AnalysisResult(run.info.run_id, iid, ood, figures, tables.missing, weights)

@@ -32,16 +32,17 @@ from medxfer.data.tables import DatasetSplits
 from medxfer.data.transforms import Preprocess, resolve_preprocess
 from medxfer.models.extract import Features, extract_features, quiet_lightning
 from medxfer.models.zoo import ModelSpec, create_model, model_data_config, resolve_weights, state_dict_digest
-from medxfer.stages.score import dataset_identity
+from medxfer.stages.score import dataset_identity, model_identity, score_options
 from medxfer.tracking import cell_id, cell_run, ensure_experiment, find_finished_run, reap_dead_runs, setup_tracking
 from medxfer.training.callbacks import MlflowEpochMetrics
 from medxfer.training.checkpoints import (
-    BEST, KEEP_CHOICES, LAST, TrialCheckpoints, file_sha256, prune_checkpoints, read_checkpoint,
+    BEST, KEEP_CHOICES, LAST, AtomicCheckpointIO, TrialCheckpoints, file_sha256, prune_checkpoints, read_checkpoint,
 )
 from medxfer.training.data import check_trainable, make_loader
 from medxfer.training.halton import halton_trial
 from medxfer.training.metrics import BalancedAccuracy
 from medxfer.training.module import FineTuner
+from medxfer.tracking.retry import retry_locked
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class FinetuneResult:
 
 def _training_parts(c: dict[str, Any]) -> dict[str, Any]:
     return {
-        "stage": "finetune", "model": c["model"], "dataset": dataset_identity(c["dataset"]),
+        "stage": "finetune", "model": model_identity(c["model"]), "dataset": dataset_identity(c["dataset"]),
         "preprocess": c["preprocess"], "finetune": {k: c["finetune"].get(k) for k in RESULT_KEYS},
     }
 
@@ -126,6 +127,7 @@ def run_finetune(
     lr, wd = halton_trial(trial, ft["lr_bounds"], ft["wd_bounds"])
     check_finetune_config(ft)
     names = ood_score_names(c)
+    ood_options = score_options(None, c["model"], names)  # imagenet_top1 from the model config
     setup_tracking(c["tracking"]["uri"])
     experiment_id = ensure_experiment(c["tracking"]["experiment"], c["tracking"].get("artifact_root"))
     reap_dead_runs(experiment_id)
@@ -183,12 +185,12 @@ def run_finetune(
             t0 = time.perf_counter()
             trainer, best_path = _fit(module, loaders, ft, checkpoints, resume, callbacks)
             fit_s = time.perf_counter() - t0
-            metrics = _evaluate(trainer, module, best_path, loaders, data, preprocess, ft, names)
+            metrics = _evaluate(trainer, module, best_path, loaders, data, preprocess, ft, names, ood_options)
         metrics.update({"time/fit_s": fit_s, "time/total_s": time.perf_counter() - t_start})
         _log_final(metrics)
         run_id = run.info.run_id
         kept = checkpoints.keep_as(best_path, run_id)
-        mlflow.set_tags({"checkpoint_path": str(kept), "checkpoint_digest": file_sha256(kept),
+        retry_locked(mlflow.set_tags, {"checkpoint_path": str(kept), "checkpoint_digest": file_sha256(kept),
                          "checkpoint_keep": ft["keep"]})
     checkpoints.finish(ft["keep"], kept)
     deleted = _apply_keep(experiment_id, sweep, ft["keep"])
@@ -202,9 +204,9 @@ def run_finetune(
 def _log_inputs(data: DatasetSplits, preprocess: Preprocess, *, lr: float, wd: float, trial: int) -> None:
     """The trial's hyper-parameters, split sizes, resolved preprocessing and label mapping."""
     splits = [s for s in (data.train, data.val, data.test, data.ood) if s is not None]
-    mlflow.log_dict({"class_names": list(data.class_names), "label_mapping": data.label_mapping,
+    retry_locked(mlflow.log_dict, {"class_names": list(data.class_names), "label_mapping": data.label_mapping,
                      "class_counts": {s.name: s.class_counts() for s in splits}}, "labels.json")
-    mlflow.log_params({
+    retry_locked(mlflow.log_params, {
         "lr": lr, "wd": wd, "trial": trial, "n_classes": len(data.class_names), "n_train": len(data.train),
         "n_val": len(data.val), "n_test": len(data.test), "n_ood": len(data.ood) if data.ood is not None else 0,
         "preprocess_resolved": str(preprocess.as_dict()),
@@ -237,7 +239,7 @@ def _fit(
 
 def _evaluate(
     trainer: L.Trainer, module: FineTuner, best_path: str, loaders: dict[str, Any], data: DatasetSplits,
-    preprocess: Preprocess, ft: dict[str, Any], names: list[str],
+    preprocess: Preprocess, ft: dict[str, Any], names: list[str], options: dict[str, dict[str, Any]],
 ) -> dict[str, float]:
     """Metrics of the checkpoint at ``best_path`` on val, test and (where there is one) the OOD set."""
     t0 = time.perf_counter()
@@ -258,7 +260,7 @@ def _evaluate(
                                      progress=ft["progress"])
         metrics.update(_ood_accuracy(feats, len(data.class_names)))
         metrics["time/ood_eval_s"] = time.perf_counter() - t0
-        metrics.update(_ood_scores(feats, names))
+        metrics.update(_ood_scores(feats, names, options))
     return metrics
 
 
@@ -267,7 +269,7 @@ def _trainer(ft: dict[str, Any], callbacks: list[L.Callback]) -> L.Trainer:
     return L.Trainer(
         max_epochs=ft["max_epochs"], accelerator=ft["accelerator"], devices=1, precision=ft["precision"],
         deterministic=ft["deterministic"], logger=False, callbacks=callbacks, enable_progress_bar=ft["progress"],
-        enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1,
+        enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1, plugins=[AtomicCheckpointIO()],
     )
 
 
@@ -319,7 +321,7 @@ def _ood_accuracy(feats: Features, n_classes: int) -> dict[str, float]:
     return {"ood/bal_acc": float(bal.compute()), "ood/acc": float(acc)}
 
 
-def _ood_scores(feats: Features, names: list[str]) -> dict[str, float]:
+def _ood_scores(feats: Features, names: list[str], options: dict[str, dict[str, Any]] | None = None) -> dict[str, float]:
     """``ood_score/<name>`` of the fine-tuned model on the OOD set (features before its head, its head's
     probabilities). A score that fails is left out and named in the ``ood_score_errors`` tag and in
     ``warnings.txt``; the fine-tuning result stands, so the run still finishes."""
@@ -333,7 +335,7 @@ def _ood_scores(feats: Features, names: list[str]) -> dict[str, float]:
         for name in names:  # one at a time, so that one failing score does not cost the others
             t: dict[str, float] = {}
             try:
-                values.update(compute_scores(feats.features, feats.labels, feats.probs, [name], timings=t))
+                values.update(compute_scores(feats.features, feats.labels, feats.probs, [name], timings=t, options=options))
                 timings.update(t)
             except ScoreError as err:
                 failures[name] = str(err)
@@ -344,11 +346,11 @@ def _ood_scores(feats: Features, names: list[str]) -> dict[str, float]:
     notes = [str(w.message) for w in caught if issubclass(w.category, ScoreWarning)]
     notes += [f"ood_score/{k} failed: {v}" for k, v in failures.items()]
     if notes:
-        mlflow.log_text("\n".join(notes) + "\n", "warnings.txt")
+        retry_locked(mlflow.log_text, "\n".join(notes) + "\n", "warnings.txt")
         for note in notes:
             log.warning("%s", note)
     if failures:
-        mlflow.set_tag("ood_score_errors", ", ".join(sorted(failures)))
+        retry_locked(mlflow.set_tag, "ood_score_errors", ", ".join(sorted(failures)))
     out = {f"ood_score/{k}": float(v) for k, v in values.items()}
     out.update({f"time/ood_score/{k}_s": float(v) for k, v in timings.items()})
     return out
@@ -358,8 +360,8 @@ def _log_final(metrics: dict[str, float]) -> None:
     finite = {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
     bad = sorted(set(metrics) - set(finite))
     if bad:  # a diverged trial (large lr): NaN losses are a result, not an error
-        mlflow.set_tag("nonfinite_metrics", ", ".join(bad))
-    mlflow.log_metrics(finite)
+        retry_locked(mlflow.set_tag, "nonfinite_metrics", ", ".join(bad))
+    retry_locked(mlflow.log_metrics, finite)
 
 
 def _apply_keep(experiment_id: str, sweep: str, keep: str) -> list[str]:
@@ -368,8 +370,9 @@ def _apply_keep(experiment_id: str, sweep: str, keep: str) -> list[str]:
     run keeps its checkpoint over a reproduction of it)."""
     if keep != "best":
         return []
-    runs = MlflowClient().search_runs(
-        [experiment_id], filter_string=f"tags.sweep = '{sweep}' and attributes.status = 'FINISHED'", max_results=10_000
+    runs = retry_locked(
+        MlflowClient().search_runs,
+        [experiment_id], filter_string=f"tags.sweep = '{sweep}' and attributes.status = 'FINISHED'", max_results=10_000,
     )
     finished = [{
         "run_id": r.info.run_id, "checkpoint_path": r.data.tags.get("checkpoint_path"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +85,7 @@ def reproduce(run_id: str, overrides: list[str] | None = None, *, tracking_uri: 
     """
     from medxfer.config import project_root
 
-    uri = tracking_uri or f"sqlite:///{project_root()}/mlruns/mlflow.db"
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root()}/mlruns/mlflow.db"
     setup_tracking(uri)
     client = MlflowClient()
     try:

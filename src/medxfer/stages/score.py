@@ -23,6 +23,7 @@ from medxfer.data.transforms import resolve_preprocess
 from medxfer.models.extract import FeatureCache, Features, cache_key, extract_features
 from medxfer.models.zoo import ModelSpec, create_model, model_data_config, resolve_weights, state_dict_digest
 from medxfer.tracking import cell_id, cell_run, ensure_experiment, find_finished_run, reap_dead_runs, setup_tracking
+from medxfer.tracking.retry import retry_locked
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,11 @@ def dataset_identity(node: Any) -> Any:
 
 
 def score_names(requested: list[str] | None) -> list[str]:
-    """The score names to compute: all registered ones when ``requested`` is None; unknown names are an error."""
+    """The score names to compute: every registered one (opt-in scores included) when ``requested`` is None;
+    unknown names are an error."""
     from medxfer.scores import available_scores
 
-    known = list(available_scores())
+    known = list(available_scores(include_opt_in=True))
     if requested is None:
         return known
     unknown = [n for n in requested if n not in known]
@@ -61,11 +63,67 @@ def score_names(requested: list[str] | None) -> list[str]:
     return list(requested)
 
 
-def score_cell_ids(c: dict[str, Any], names: list[str]) -> dict[str, str]:
+def _normalised(value: Any) -> Any:
+    return tuple(_normalised(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def score_options(given: dict[str, Any] | None, model: dict[str, Any], names: list[str]) -> dict[str, dict[str, Any]]:
+    """Options of the requested scores (``score.options``), checked against each score's signature, plus
+    ``imagenet_top1``'s ``top1`` from the model config's ``imagenet_top1`` unless given."""
+    from medxfer.scores import REGISTRY
+    from medxfer.scores.registry import score_options as accepted_options
+
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(REGISTRY))
+    if unknown:
+        raise ValueError(f"score.options names unknown score(s) {unknown}; registered scores: {list(REGISTRY)}")
+    options = {}
+    for name in names:
+        opts = dict(given.get(name) or {})
+        accepted = accepted_options(name)  # None: the score takes any keyword
+        bad = [] if accepted is None else sorted(set(opts) - set(accepted))
+        if bad:
+            raise ValueError(f"score.options.{name}: unknown option(s) {bad}; {name} accepts {list(accepted or ())}")
+        if name == "imagenet_top1" and "top1" not in opts:
+            opts["top1"] = model.get("imagenet_top1")
+        if opts:
+            options[name] = opts
+    return options
+
+
+def _non_default(options: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The options that differ from each score's defaults: what makes two cells compute different values (so
+    spelling out a default does not make a new cell)."""
+    import inspect
+
+    from medxfer.scores import REGISTRY
+
+    out = {}
+    for name, opts in options.items():
+        params = inspect.signature(REGISTRY[name].fn).parameters
+        changed = {k: v for k, v in opts.items()
+                   if k not in params or _normalised(v) != _normalised(params[k].default)}
+        if changed:
+            out[name] = changed
+    return out
+
+
+def model_identity(model: dict[str, Any], names: list[str] | None = None) -> dict[str, Any]:
+    """The model config as part of a cell: its published ImageNet top-1 matters only to the ``imagenet_top1``
+    score (filling it in must not turn finished cells into new ones)."""
+    if names is not None and "imagenet_top1" in names:
+        return dict(model)
+    return {k: v for k, v in model.items() if k != "imagenet_top1"}
+
+
+def score_cell_ids(c: dict[str, Any], names: list[str], options: dict[str, dict[str, Any]] | None = None) -> dict[str, str]:
     base = {
-        "stage": "score", "model": c["model"], "dataset": dataset_identity(c["dataset"]),
+        "stage": "score", "model": model_identity(c["model"], names), "dataset": dataset_identity(c["dataset"]),
         "preprocess": c["preprocess"], "scores": names,
     }
+    changed = _non_default({k: v for k, v in (options or {}).items() if k != "imagenet_top1"})
+    if changed:
+        base["options"] = changed
     return {split: cell_id({**base, "split": split}) for split in c["splits"]}
 
 
@@ -76,10 +134,11 @@ def run_score(cfg: DictConfig, overrides: list[str] | None = None) -> list[CellR
     if bad:
         raise ValueError(f"splits={c['splits']}: unknown split(s) {bad}; expected a subset of {list(SPLITS)}")
     names = score_names(c["score"]["names"])
+    options = score_options(c["score"].get("options"), c["model"], names)
     setup_tracking(c["tracking"]["uri"])
     experiment_id = ensure_experiment(c["tracking"]["experiment"], c["tracking"].get("artifact_root"))
     reap_dead_runs(experiment_id)
-    cells = score_cell_ids(c, names)
+    cells = score_cell_ids(c, names, options)
     model_name, dataset_name = c["model"]["name"], c["dataset"]["name"]
     results, todo = [], []
     for split in c["splits"]:
@@ -114,35 +173,47 @@ def run_score(cfg: DictConfig, overrides: list[str] | None = None) -> list[CellR
             **{str(k): str(v) for k, v in (c.get("tags") or {}).items()},
         }
         with cell_run(experiment_id, run_name=f"{model_name}-{dataset_name}-{split}", tags=tags, config=c, overrides=overrides) as run:
-            mlflow.log_dict({"class_names": list(data.class_names), "label_mapping": data.label_mapping,
+            retry_locked(mlflow.log_dict, {"class_names": list(data.class_names), "label_mapping": data.label_mapping,
                              "class_counts": table.class_counts()}, "labels.json")
-            key = cache_key(arch=spec.arch, weights=weights_digest, dataset=dataset_name, split=split,
-                            split_digest=table.digest(), preprocess=preprocess.as_dict())
-            path = cache.path(model_name, dataset_name, split, key)
             t0 = time.perf_counter()
-            feats = cache.load(path)
-            cached = feats is not None
-            if feats is None:
-                ex = c["extract"]
-                feats = extract_features(model, table, preprocess, batch_size=ex["batch_size"],
-                                         num_workers=ex["num_workers"], accelerator=ex["accelerator"],
-                                         progress=ex["progress"])
-                cache.save(path, feats)
-            if not np.array_equal(feats.labels, table.labels):
-                raise RuntimeError(f"feature cache {path} holds labels that differ from split {table.name}; delete it")
-            mlflow.log_metric("time/extract_s", time.perf_counter() - t0)
-            mlflow.log_params({"n_samples": len(table), "feat_dim": feats.features.shape[1],
+            feats, cached = split_features(model, spec, weights_digest, table, dataset_name, split, preprocess,
+                                           cache, c["extract"])
+            retry_locked(mlflow.log_metric, "time/extract_s", time.perf_counter() - t0)
+            retry_locked(mlflow.log_params, {"n_samples": len(table), "feat_dim": feats.features.shape[1],
                                "n_classes": int(len(np.unique(table.labels))), "features_cached": cached,
                                "preprocess": str(preprocess.as_dict())})
-            with _single_thread(bool(c["score"].get("deterministic", True))):
-                values = _compute_and_log(feats, table, names, c["score"].get("device"))
+            with single_thread(bool(c["score"].get("deterministic", True))):
+                values = _compute_and_log(feats, table, names, c["score"].get("device"), options)
             results.append(CellResult(split, run.info.run_id, values, skipped=False, cached_features=cached))
         print(f"[score] {model_name} x {dataset_name} [{split}] " + ", ".join(f"{k}={v:.4g}" for k, v in values.items()), flush=True)
     return results
 
 
+def split_features(model: Any, spec: ModelSpec, weights_digest: str, table: SampleTable, dataset_name: str,
+                   split: str, preprocess: Any, cache: FeatureCache, extract: dict[str, Any]) -> tuple[Features, bool]:
+    """Features and source probabilities of one split, from the feature cache or extracted (then cached).
+
+    The cache key holds the architecture, the weights' digest, the dataset, the split (its sample ids and labels,
+    and the images' paths, sizes and modification times), and the preprocessing; ``medxfer-score`` and
+    ``medxfer-rank`` share it. Returns ``(features, came_from_the_cache)``.
+    """
+    key = cache_key(arch=spec.arch, weights=weights_digest, dataset=dataset_name, split=split,
+                    split_digest=table.digest(), content=table.content_digest(), preprocess=preprocess.as_dict())
+    path = cache.path(spec.name, dataset_name, split, key)
+    feats = cache.load(path)
+    cached = feats is not None
+    if feats is None:
+        feats = extract_features(model, table, preprocess, batch_size=extract["batch_size"],
+                                 num_workers=extract["num_workers"], accelerator=extract["accelerator"],
+                                 progress=extract["progress"])
+        cache.save(path, feats)
+    if not np.array_equal(feats.labels, table.labels):
+        raise RuntimeError(f"feature cache {path} holds labels that differ from split {table.name}; delete it")
+    return feats, cached
+
+
 @contextlib.contextmanager
-def _single_thread(enabled: bool):
+def single_thread(enabled: bool):
     """Run torch on one CPU thread: multi-threaded reductions (MKL) change the last bits of the scores from
     run to run; with one thread a cell reproduces exactly on the same machine."""
     if not enabled:
@@ -158,35 +229,45 @@ def _single_thread(enabled: bool):
         torch.set_num_threads(before)
 
 
-def _compute_and_log(feats: Features, table: SampleTable, names: list[str], device: str | None) -> dict[str, float]:
-    """Compute the scores, log ``score/<name>`` and ``time/<name>_s``; log fallbacks as warnings.txt.
+def _compute_and_log(feats: Features, table: SampleTable, names: list[str], device: str | None,
+                     options: dict[str, dict[str, Any]] | None = None) -> dict[str, float]:
+    """Compute the scores, log ``score/<name>``, ``time/<name>_s`` and the extra numbers some scores report
+    (``score_extra/<name>/<key>``: the sample size and seed of subsampling scores, N-LEEP's spread over seeds);
+    log fallbacks as warnings.txt.
 
     When one score fails, the others are still computed and logged, then the run fails naming the failures.
     """
     from medxfer.scores import ScoreError, ScoreWarning, compute_scores
 
-    values, timings, failures = {}, {}, {}
+    values, timings, failures, extras = {}, {}, {}, {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ScoreWarning)
         try:
-            values = compute_scores(feats.features, table.labels, feats.probs, names, device=device, timings=timings)
+            values = compute_scores(feats.features, table.labels, feats.probs, names, device=device, timings=timings,
+                                    options=options, extras=extras)
         except ScoreError:
+            values, timings, extras = {}, {}, {}
             for name in names:  # isolate the failing score(s), keep the rest
-                t = {}
+                t, e = {}, {}
                 try:
-                    values.update(compute_scores(feats.features, table.labels, feats.probs, [name], device=device, timings=t))
+                    values.update(compute_scores(feats.features, table.labels, feats.probs, [name], device=device,
+                                                 timings=t, options=options, extras=e))
                     timings.update(t)
+                    extras.update(e)
                 except ScoreError as err:
                     failures[name] = str(err)
     for name, value in values.items():
         if not np.isfinite(value):
             failures[name] = f"non-finite value {value}"
-    mlflow.log_metrics({f"score/{k}": float(v) for k, v in values.items() if k not in failures})
-    mlflow.log_metrics({f"time/{k}_s": float(v) for k, v in timings.items()})
+    retry_locked(mlflow.log_metrics, {f"score/{k}": float(v) for k, v in values.items() if k not in failures})
+    retry_locked(mlflow.log_metrics, {f"time/{k}_s": float(v) for k, v in timings.items()})
+    extra_metrics = {f"score_extra/{name}/{key}": float(v) for name, got in extras.items() for key, v in got.items()}
+    if extra_metrics:
+        retry_locked(mlflow.log_metrics, extra_metrics)
     notes = [str(w.message) for w in caught if issubclass(w.category, ScoreWarning)]
     if notes:
-        mlflow.log_text("\n".join(notes) + "\n", "warnings.txt")
-        mlflow.set_tag("score_warnings", str(len(notes)))
+        retry_locked(mlflow.log_text, "\n".join(notes) + "\n", "warnings.txt")
+        retry_locked(mlflow.set_tag, "score_warnings", str(len(notes)))
         for note in notes:
             log.warning("%s", note)
     if failures:

@@ -22,6 +22,9 @@ from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from medxfer.tracking.retry import retry_locked
+from medxfer.tracking.secrets import redact, redact_text
+
 log = logging.getLogger(__name__)
 
 VERSIONED_PACKAGES = ("torch", "torchvision", "timm", "lightning", "mlflow", "numpy", "scikit-learn", "medxfer")
@@ -49,7 +52,8 @@ def setup_tracking(uri: str) -> str:
         MlflowClient(uri).search_experiments(max_results=1)
     except Exception as err:  # noqa: BLE001 - connection errors come in many types
         raise TrackingError(
-            f"cannot reach the MLflow tracking store tracking.uri={uri!r}: {type(err).__name__}: {str(err)[:300]}"
+            f"cannot reach the MLflow tracking store tracking.uri={redact_text(uri)!r}: "
+            f"{type(err).__name__}: {redact_text(str(err))[:300]}"
         ) from None
     return uri
 
@@ -63,7 +67,9 @@ def _check_server(uri: str, timeout: float = 5.0) -> None:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
             response.read()
     except (urllib.error.URLError, OSError) as err:
-        raise TrackingError(f"cannot reach the MLflow tracking store tracking.uri={uri!r}: {err}") from None
+        raise TrackingError(
+            f"cannot reach the MLflow tracking store tracking.uri={redact_text(uri)!r}: {redact_text(str(err))}"
+        ) from None
 
 
 def ensure_experiment(name: str, artifact_root: str | None) -> str:
@@ -82,7 +88,7 @@ def ensure_experiment(name: str, artifact_root: str | None) -> str:
         location = (Path(artifact_root) / name.replace("/", "-")).resolve().as_uri() if "://" not in artifact_root \
             else f"{artifact_root.rstrip('/')}/{name.replace('/', '-')}"
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return retry_locked(client.create_experiment, name, artifact_location=location)
     except MlflowException:
         exp = client.get_experiment_by_name(name)
         if exp is None:
@@ -97,8 +103,9 @@ def cell_id(parts: dict[str, Any]) -> str:
 
 def find_finished_run(experiment_id: str, cell: str) -> str | None:
     """The id of a FINISHED run of ``cell`` in the experiment, or None."""
-    runs = MlflowClient().search_runs(
-        [experiment_id], filter_string=f"tags.cell = '{cell}' and attributes.status = 'FINISHED'", max_results=1
+    runs = retry_locked(
+        MlflowClient().search_runs,
+        [experiment_id], filter_string=f"tags.cell = '{cell}' and attributes.status = 'FINISHED'", max_results=1,
     )
     return runs[0].info.run_id if runs else None
 
@@ -125,8 +132,9 @@ def reap_dead_runs(experiment_id: str) -> list[str]:
         if tags.get("host") != host or not tags.get("pid", "").isdigit():
             continue
         if not _pid_alive(int(tags["pid"])):
-            client.set_tag(run.info.run_id, "error", f"process {tags['pid']} on {host} died while the run was RUNNING")
-            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+            retry_locked(client.set_tag, run.info.run_id, "error",
+                         f"process {tags['pid']} on {host} died while the run was RUNNING")
+            retry_locked(client.set_terminated, run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
             reaped.append(run.info.run_id)
     if reaped:
         log.warning("marked %d run(s) left RUNNING by dead processes as KILLED: %s", len(reaped), ", ".join(reaped))
@@ -170,23 +178,27 @@ def cell_run(
     overrides: list[str] | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
     """Start a run with the schema's tags, config artifacts and flattened params; end it FINISHED on success,
-    FAILED on an error (the message kept in the ``error`` tag) and KILLED on Ctrl-C, never left RUNNING."""
+    FAILED on an error (the message kept in the ``error`` tag) and KILLED on Ctrl-C, never left RUNNING.
+
+    Credentials in ``config`` (a password inside a URI, a ``password``/``token`` key) are masked before logging."""
+    config = redact(config)
+    overrides = redact(list(overrides or []))
     owner = {"host": socket.gethostname(), "pid": str(os.getpid())}
-    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags={**environment_tags(), **owner, **tags})
+    run = retry_locked(mlflow.start_run, experiment_id=experiment_id, run_name=run_name, tags={**environment_tags(), **owner, **tags})
     try:
-        mlflow.log_dict(config, "config.yaml")
-        mlflow.log_dict({"overrides": list(overrides or [])}, "overrides.yaml")
+        retry_locked(mlflow.log_dict, config, "config.yaml")
+        retry_locked(mlflow.log_dict, {"overrides": list(overrides or [])}, "overrides.yaml")
         params = {k: str(v)[:500] for k, v in flatten(config).items() if not k.startswith("hydra.")}
-        mlflow.log_params(params)
+        retry_locked(mlflow.log_params, params)
         yield run
     except KeyboardInterrupt:
-        mlflow.set_tag("error", "interrupted (KeyboardInterrupt)")
-        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        retry_locked(mlflow.set_tag, "error", "interrupted (KeyboardInterrupt)")
+        retry_locked(mlflow.end_run, RunStatus.to_string(RunStatus.KILLED))
         raise
     except BaseException as err:
         with contextlib.suppress(Exception):
-            mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000])
-        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+            retry_locked(mlflow.set_tag, "error", redact_text(f"{type(err).__name__}: {err}")[:5000])
+        retry_locked(mlflow.end_run, RunStatus.to_string(RunStatus.FAILED))
         raise
     else:
-        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+        retry_locked(mlflow.end_run, RunStatus.to_string(RunStatus.FINISHED))

@@ -7,6 +7,8 @@ import math
 import lightning as L
 import mlflow
 
+from medxfer.tracking.retry import retry_locked
+
 #: Per-epoch metrics copied to MLflow, by the name the module logs them under.
 EPOCH_METRICS = ("train/loss", "val/loss", "val/bal_acc")
 
@@ -33,4 +35,4 @@ class MlflowEpochMetrics(L.Callback):
         if self._lr is not None:
             values["train/lr"] = self._lr
         values = {k: v for k, v in values.items() if math.isfinite(v)}
-        mlflow.log_metrics(values, step=trainer.current_epoch)
+        retry_locked(mlflow.log_metrics, values, step=trainer.current_epoch)

@@ -13,10 +13,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import socket
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,33 @@ class TrialCheckpoints:
                 folder.rmdir()  # only when empty
             except OSError:
                 break
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint writes that a reader never sees half done, on shared storage too.
+
+    Lightning writes a checkpoint to a temporary file under ``/tmp`` and then moves it; across file systems (a
+    cluster's shared checkpoint folder) the move is a copy, and another process, or a requeued job, can read a
+    checkpoint while it grows. Here the bytes go to a temporary file in the destination folder, are flushed to
+    disk, and take their final name with one atomic ``os.replace``.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{socket.gethostname()}-{os.getpid()}.", suffix=".tmp",
+                                   dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
