@@ -11,6 +11,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from medxfer.analysis.correlation import comparable
+
 MARKERS = ["o", "s", "^", "v", "D", "P", "X", "*", "<", ">", "h", "p"]
 
 
@@ -41,7 +43,7 @@ def correlation_figure(table: pd.DataFrame, corr: pd.DataFrame, *, title: str, t
             for _, row in g.iterrows():
                 marker, color = style[row["model"]]
                 ax.scatter(row["value"], row["target"], marker=marker, color=color, s=28, label=row["model"])
-            if len(g) >= 2 and np.ptp(g["value"]) > 0:
+            if len(g) >= 2 and np.ptp(comparable(g["value"])) > 0:  # not for last-bit noise (H-Score, N <= D)
                 x = g["value"].to_numpy(float)
                 centre, spread = x.mean(), x.std()
                 # fit on standardised x: scores such as H-Score span tiny ranges far from 0
