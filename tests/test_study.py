@@ -21,7 +21,7 @@ def _quoted(items):
 
 
 def _study_cfg(shared_data_dir, *extra):
-    score = [*TINY_STAGE, "extract.progress=false"]
+    score = [*TINY_STAGE, "extract.progress=false", "score=all"]
     finetune = [*TINY_STAGE, "finetune=smoke", "finetune.max_epochs=1", "finetune.progress=false"]
     return compose_config("study", [
         f"paths.data_dir={shared_data_dir}",
@@ -39,6 +39,12 @@ def test_study_end_to_end_then_resumes(project, shared_data_dir):
     analysis = report.outputs["analysis"]
     assert {p.suffix for p in analysis.figures} == {".png", ".pdf"} and len(analysis.figures) == 4
     assert set(analysis.iid["dataset"]) == {"synthetic_derm", "synthetic_mri", "ALL"}
+    # every registered scorer (the paper's seven and the later eight) and the ensembles, in and out of distribution
+    from medxfer.scores import available_scores
+
+    expected = set(available_scores(include_opt_in=True)) | {"ens_rank", "ens_z", "ens_linear"}
+    assert len(expected) == 18
+    assert set(analysis.iid["score"]) == expected and set(analysis.ood["score"]) == expected
     mlflow.set_tracking_uri(f"sqlite:///{project}/mlruns/mlflow.db")
     ft = mlflow.search_runs(experiment_names=["default/finetune"])
     assert len(ft) == 8 and set(ft["status"]) == {"FINISHED"}
