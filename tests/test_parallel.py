@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -151,3 +152,12 @@ def test_launcher_presets_compose_with_the_plugins_fields(project, monkeypatch):
     assert {"cpus_per_task", "mem_gb", "array_parallelism", "setup"} <= launcher.keys()
     assert launcher["setup"] == [f"source {project}/.venv/bin/activate"]
     assert local.hydra.launcher._target_.endswith("JoblibLauncher") and local.hydra.launcher.n_jobs == 2
+
+
+@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None,
+                    reason="hydra-ray-launcher not installed (pip install -e '.[ray]'; make does not install it)")
+def test_ray_launcher_runs_score_cells_on_a_local_ray(tmp_path, shared_data_dir):
+    _sweep(["hydra/launcher=ray_cluster", "hydra.launcher.ray.init.address=null", "hydra.launcher.ray.remote.num_cpus=1",
+            f"model={MODELS}", "dataset=synthetic_derm", "score=logme"], tmp_path, shared_data_dir)
+    runs = _score_runs(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    assert len(runs) == 4 and set(runs["status"]) == {"FINISHED"} and runs["tags.cell"].is_unique
