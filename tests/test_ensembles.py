@@ -184,3 +184,13 @@ def test_missing_score_is_an_error_or_left_out_when_incomplete_is_allowed():
     np.testing.assert_allclose(_values(out.table[out.table.score == "ens_rank"], "d2"),
                                _values(mean_rank(gap[~((gap.dataset == "d2") & (gap.model == "m3"))]), "d2"))
     correlate(out.table, n_boot=20)  # the analysis goes on with what exists
+
+
+def test_rank_and_zscore_need_no_accuracy_column():
+    """A new dataset has scores but no fine-tuned accuracies yet (medxfer-rank)."""
+    table = pd.DataFrame({"dataset": "new", "model": ["a", "b", "c"] * 2, "score": ["s1"] * 3 + ["s2"] * 3,
+                          "value": [1.0, 2.0, 3.0, 30.0, 10.0, 20.0]})
+    ranks = mean_rank(table).set_index("model")["value"]
+    assert ranks.to_dict() == {"a": 2.0, "b": 1.5, "c": 2.5}
+    z = mean_zscore(table).set_index("model")["value"]
+    assert z.idxmax() == "c" and z.idxmin() == "b"

@@ -127,7 +127,7 @@ def correlate(table: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0) -> pd.D
     t = _check(table)
     # a fixed row order makes the seeded bootstrap independent of how the table was assembled
     t = t.assign(model=t["model"].astype(str)).sort_values(["dataset", "score", "model"], kind="stable")
-    rows = []
+    rows, undefined = [], []
     for (dataset, score), g in t.groupby(["dataset", "score"], sort=True):
         x, y = g["ranked"].to_numpy(float), g["target"].to_numpy(float)
         if len(g) < 2:
@@ -140,12 +140,14 @@ def correlate(table: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0) -> pd.D
             pearson = stats.pearsonr(raw, y).statistic if np.ptp(x) > 0 and np.ptp(y) > 0 else np.nan
             spearman = stats.spearmanr(x, y).statistic
         if not np.isfinite(tau):
-            warnings.warn(f"dataset {dataset!r}, score {score!r}: tau undefined (constant score or target); reported as NaN",
-                          UndefinedCorrelation, stacklevel=2)
+            undefined.append(f"{dataset}/{score}")
         lo, hi = bootstrap_tau([(x, y)], n_boot=n_boot, seed=seed)
         rows.append({"dataset": dataset, "score": score, "n": len(g), "tau": float(tau), "tau_lo": lo, "tau_hi": hi,
                      "wtau": float(wtau), "pearson": float(pearson), "spearman": float(spearman),
                      "regret": top1_regret(x, y)})
+    if undefined:  # one warning naming every case, not one per (dataset, score)
+        warnings.warn(f"tau undefined (constant score or target), reported as NaN, for dataset/score: "
+                      f"{', '.join(undefined)}", UndefinedCorrelation, stacklevel=2)
     per = pd.DataFrame(rows, columns=COLUMNS)
     pooled = []
     for score, g in t.groupby("score", sort=True):

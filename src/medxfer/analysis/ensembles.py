@@ -32,6 +32,7 @@ from scipy import stats
 from medxfer.analysis.correlation import REQUIRED, AnalysisError, _check
 
 KINDS = ("rank", "zscore", "linear")
+SCORE_COLUMNS = ["dataset", "model", "score", "value"]  # a table of scores without accuracies
 DEFAULT_ALPHA = 1e-3
 NO_HOLD_OUT = "none"  # ``held_out`` of the weights fitted on every dataset
 
@@ -250,15 +251,17 @@ def _linear_lodo(w: _Wide, scores: list[str], alpha: float, what: str) -> tuple[
 
 def mean_rank(table: pd.DataFrame, scores: Iterable[str] | None = None, *, allow_incomplete: bool = False) -> pd.DataFrame:
     """Mean over ``scores`` (None: every score in the table) of each model's within-dataset rank (1 = lowest score,
-    ties averaged). Returns ``dataset, model, value``."""
-    w, _ = _prepare(table, scores, what="mean_rank", allow_incomplete=allow_incomplete)
+    ties averaged). ``table``: ``dataset, model, score, value`` (a target column is not needed). Returns
+    ``dataset, model, value``."""
+    w, _ = _prepare(table, scores, what="mean_rank", allow_incomplete=allow_incomplete, columns=SCORE_COLUMNS)
     return _mean_rank(w)
 
 
 def mean_zscore(table: pd.DataFrame, scores: Iterable[str] | None = None, *, allow_incomplete: bool = False) -> pd.DataFrame:
     """Mean over ``scores`` of each model's within-dataset z-score (ddof = 0; a constant score contributes 0, with an
-    :class:`EnsembleWarning`). Returns ``dataset, model, value``."""
-    w, _ = _prepare(table, scores, what="mean_zscore", allow_incomplete=allow_incomplete)
+    :class:`EnsembleWarning`). ``table``: ``dataset, model, score, value`` (no target needed). Returns
+    ``dataset, model, value``."""
+    w, _ = _prepare(table, scores, what="mean_zscore", allow_incomplete=allow_incomplete, columns=SCORE_COLUMNS)
     return _mean_zscore(w, "mean_zscore")
 
 
@@ -291,7 +294,7 @@ def apply_pooling(table: pd.DataFrame, weights: pd.Series | Mapping[str, float],
     predicted better. Returns ``dataset, model, value``."""
     weights = pd.Series(weights, dtype=float)
     w, chosen = _prepare(table, list(weights.index), what="apply_pooling", where="the table to pool",
-                         allow_incomplete=allow_incomplete, columns=["dataset", "model", "score", "value"])
+                         allow_incomplete=allow_incomplete, columns=SCORE_COLUMNS)
     z = _zscores_within(w.values, "apply_pooling")
     return _frame(z.index, z.to_numpy(float) @ weights.reindex(chosen).to_numpy(float))
 

@@ -469,9 +469,9 @@ def _rank_table(values: dict[str, dict[str, float]], names: list[str], score: st
         long = pd.DataFrame([{"dataset": dataset, "model": m, "score": s, "value": values[m][s]}
                              for m in models for s in names])
         if kind == "rank":
-            pooled = mean_rank(long.assign(target=0.0), names)  # no accuracies here: a placeholder target
+            pooled = mean_rank(long, names)
         elif kind == "zscore":
-            pooled = mean_zscore(long.assign(target=0.0), names)
+            pooled = mean_zscore(long, names)
         else:
             pooled = apply_pooling(long, pooling)
         value = pooled.set_index("model")["value"].reindex(models).astype(float)
