@@ -76,16 +76,16 @@ def test_corrupted_cache_file_is_recomputed(score_cfg, project):
 
 
 def test_failing_score_marks_run_failed_and_keeps_other_scores(score_cfg, project, monkeypatch):
+    import dataclasses
+
     import medxfer.scores as scores
 
-    real = scores.compute_scores
+    real = scores.REGISTRY["logme"]
 
-    def broken(features, labels, probs=None, names=None, **kw):
-        if "logme" in (names or []):
-            raise scores.ScoreError("logme exploded on purpose")
-        return real(features, labels, probs, names, **kw)
+    def broken(inputs, **options):
+        raise scores.ScoreError("logme exploded on purpose")
 
-    monkeypatch.setattr(scores, "compute_scores", broken)
+    monkeypatch.setitem(scores.REGISTRY, "logme", dataclasses.replace(real, fn=broken))
     with pytest.raises(scores.ScoreError, match="logme: logme exploded on purpose"):
         run_score(score_cfg("splits=[iid]"))
     runs = _runs(project)
@@ -93,7 +93,7 @@ def test_failing_score_marks_run_failed_and_keeps_other_scores(score_cfg, projec
     assert "logme exploded" in runs["tags.error"][0]
     assert math.isfinite(runs["metrics.score/hscore"][0])  # the other scores were kept
     # the next run retries the failed cell
-    monkeypatch.setattr(scores, "compute_scores", real)
+    monkeypatch.setitem(scores.REGISTRY, "logme", real)
     run_score(score_cfg("splits=[iid]"))
     assert sorted(_runs(project)["status"]) == ["FAILED", "FINISHED"]
 

@@ -260,3 +260,28 @@ def test_torch_thread_setting_is_restored(data):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_failures_dict_records_a_failing_score_and_keeps_the_others(data, monkeypatch):
+    import dataclasses
+
+    features, labels, probs = data
+    calls = []
+    real_eigh = scores.inputs.eigh_descending
+
+    def counting_eigh(*args, **kwargs):
+        calls.append(1)
+        return real_eigh(*args, **kwargs)
+
+    def broken(inputs, **options):
+        raise ScoreError("degenerate on purpose")
+
+    monkeypatch.setattr(scores.inputs, "eigh_descending", counting_eigh)
+    monkeypatch.setitem(scores.REGISTRY, "nce", dataclasses.replace(scores.REGISTRY["nce"], fn=broken))
+    failures = {}
+    values = compute_scores(features, labels, probs, ["hscore", "nce", "logme", "gbc"], failures=failures)
+    assert failures == {"nce": "degenerate on purpose"} and list(values) == ["hscore", "logme", "gbc"]
+    assert len(calls) == 1  # one covariance eigendecomposition served the scores around the failure
+    assert values["logme"] == compute_scores(features, labels, probs, ["logme"])["logme"]
+    with pytest.raises(ScoreError, match="degenerate on purpose"):  # without the dict, the first failure raises
+        compute_scores(features, labels, probs, ["hscore", "nce"])

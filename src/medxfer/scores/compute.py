@@ -53,6 +53,7 @@ def compute_scores(
     timings: dict[str, float] | None = None,
     options: Mapping[str, Mapping[str, Any]] | None = None,
     extras: dict[str, dict[str, float]] | None = None,
+    failures: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """Compute transferability scores; every value is a finite Python float, higher meaning better.
 
@@ -78,6 +79,9 @@ def compute_scores(
         extras: when a dict is given, it receives ``{score name: {key: float}}`` for the scores that report
             extra numbers: ``n_samples`` and ``seed`` of the subsampling scores (``parc``, ``knn``), ``std`` and
             ``n_seeds`` of ``nleep`` with several seeds, ``n_iter`` of ``pactran``.
+        failures: when a dict is given, a score that cannot be computed on these inputs is recorded there
+            (``{name: reason}``) and left out of the result, and the other scores are still computed, on the same
+            shared statistics.  Invalid inputs, unknown names or options still raise.
 
     Raises:
         ScoreError: unknown names or options, a score that needs ``probs`` when none are given, invalid
@@ -101,21 +105,34 @@ def compute_scores(
     inputs = ScoreInputs(features, labels, probs, device=device)
     results: dict[str, float] = {}
     for name in requested:
-        outcome = REGISTRY[name].fn(inputs, **per_score.get(name, {}))
-        reported = {}
-        if isinstance(outcome, ScoreResult):
-            outcome, reported = outcome.value, {key: float(v) for key, v in outcome.extras.items()}
-        value = float(outcome)
+        try:
+            value, reported = _one_score(name, inputs, per_score.get(name, {}))
+        except ScoreError as err:
+            if failures is None:
+                raise
+            failures[name] = str(err)  # the others go on, on the same inputs and shared statistics
+            start = time.perf_counter()
+            continue
         if timings is not None:
             now = time.perf_counter()
             timings[name] = now - start
             start = now
-        if not math.isfinite(value):
-            raise ScoreError(
-                f"score {name!r} is undefined on these inputs (it came out {value}); check for degenerate "
-                "features, e.g. all zero"
-            )
         results[name] = value
         if extras is not None and reported:
             extras[name] = reported
     return results
+
+
+def _one_score(name: str, inputs: ScoreInputs, options: dict[str, Any]) -> tuple[float, dict[str, float]]:
+    """The value of one registered score and the extra numbers it reports; a non-finite value is a ScoreError."""
+    outcome = REGISTRY[name].fn(inputs, **options)
+    reported = {}
+    if isinstance(outcome, ScoreResult):
+        outcome, reported = outcome.value, {key: float(v) for key, v in outcome.extras.items()}
+    value = float(outcome)
+    if not math.isfinite(value):
+        raise ScoreError(
+            f"score {name!r} is undefined on these inputs (it came out {value}); check for degenerate "
+            "features, e.g. all zero"
+        )
+    return value, reported

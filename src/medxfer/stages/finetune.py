@@ -21,7 +21,6 @@ from typing import Any, Iterator, Sequence
 
 import lightning as L
 import mlflow
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from mlflow.tracking import MlflowClient
@@ -32,7 +31,7 @@ from medxfer.data.tables import DatasetSplits
 from medxfer.data.transforms import Preprocess, resolve_preprocess
 from medxfer.models.extract import Features, extract_features, quiet_lightning
 from medxfer.models.zoo import ModelSpec, create_model, model_data_config, resolve_weights, state_dict_digest
-from medxfer.stages.score import dataset_identity, model_identity, score_options
+from medxfer.stages.score import compute_isolated, dataset_identity, model_identity, score_options
 from medxfer.tracking import cell_id, cell_run, ensure_experiment, find_finished_run, reap_dead_runs, setup_tracking
 from medxfer.training.callbacks import MlflowEpochMetrics
 from medxfer.training.checkpoints import (
@@ -327,33 +326,17 @@ def _ood_scores(feats: Features, names: list[str], options: dict[str, dict[str, 
     ``warnings.txt``; the fine-tuning result stands, so the run still finishes."""
     if not names:
         return {}
-    from medxfer.scores import ScoreError, ScoreWarning, compute_scores
-
-    values, timings, failures = {}, {}, {}
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ScoreWarning)
-        for name in names:  # one at a time, so that one failing score does not cost the others
-            t: dict[str, float] = {}
-            try:
-                values.update(compute_scores(feats.features, feats.labels, feats.probs, [name], timings=t, options=options))
-                timings.update(t)
-            except ScoreError as err:
-                failures[name] = str(err)
-    for name, value in list(values.items()):
-        if not np.isfinite(value):
-            failures[name] = f"non-finite value {value}"
-            del values[name]
-    notes = [str(w.message) for w in caught if issubclass(w.category, ScoreWarning)]
-    notes += [f"ood_score/{k} failed: {v}" for k, v in failures.items()]
+    out = compute_isolated(feats.features, feats.labels, feats.probs, names, options=options)
+    notes = out.notes + [f"ood_score/{k} failed: {v}" for k, v in out.failures.items()]
     if notes:
         retry_locked(mlflow.log_text, "\n".join(notes) + "\n", "warnings.txt")
         for note in notes:
             log.warning("%s", note)
-    if failures:
-        retry_locked(mlflow.set_tag, "ood_score_errors", ", ".join(sorted(failures)))
-    out = {f"ood_score/{k}": float(v) for k, v in values.items()}
-    out.update({f"time/ood_score/{k}_s": float(v) for k, v in timings.items()})
-    return out
+    if out.failures:
+        retry_locked(mlflow.set_tag, "ood_score_errors", ", ".join(sorted(out.failures)))
+    metrics = {f"ood_score/{k}": v for k, v in out.values.items()}
+    metrics.update({f"time/ood_score/{k}_s": float(v) for k, v in out.timings.items()})
+    return metrics
 
 
 def _log_final(metrics: dict[str, float]) -> None:

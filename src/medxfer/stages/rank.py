@@ -120,19 +120,20 @@ def model_configs(names: Any) -> dict[str, dict[str, Any]]:
 
 def score_options(names: list[str], models: dict[str, dict[str, Any]],
                   options: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
-    """Per model, the ``options`` of :func:`medxfer.scores.compute_scores`: ``options`` (``rank.options``,
-    ``{score: {option: value}}``) for every model, and for ``imagenet_top1`` the model's published ImageNet
-    top-1 accuracy from its config."""
-    options = {k: dict(v or {}) for k, v in (options or {}).items() if k in names}
-    if "imagenet_top1" not in names:
-        return {m: options for m in models}
-    lacking = [m for m, mc in models.items() if mc.get("imagenet_top1") is None]
-    if lacking:
-        raise RankError(
-            f"score imagenet_top1 ranks models by their ImageNet top-1 accuracy, the field imagenet_top1 of the model "
-            f"config; model(s) {lacking} have none. Set it in conf/model/<name>.yaml, or pick another score")
-    return {m: {**options, "imagenet_top1": {**options.get("imagenet_top1", {}), "top1": float(mc["imagenet_top1"])}}
-            for m, mc in models.items()}
+    """Per model, the ``options`` of :func:`medxfer.scores.compute_scores`, as the score stage builds them
+    (``rank.options``, checked before any work; ``imagenet_top1``'s ``top1`` from each model config)."""
+    from medxfer.stages.score import score_options as stage_score_options
+
+    if "imagenet_top1" in names:
+        lacking = [m for m, mc in models.items() if mc.get("imagenet_top1") is None]
+        if lacking:
+            raise RankError(
+                f"score imagenet_top1 ranks models by their ImageNet top-1 accuracy, the field imagenet_top1 of the "
+                f"model config; model(s) {lacking} have none. Set it in conf/model/<name>.yaml, or pick another score")
+    try:
+        return {m: stage_score_options(options, mc, names, where="rank.options") for m, mc in models.items()}
+    except ValueError as err:
+        raise RankError(str(err)) from None
 
 
 def dataset_csv(dataset: dict[str, Any]) -> Path | None:
@@ -189,16 +190,19 @@ class StudyTau:
 
 def study_tau(study: str, score: str, *, ensemble_scores: list[str] | None = None, alpha: float = 1e-3,
               select_metric: str = "best/val_bal_acc", select_mode: str = "max", n_boot: int = 1000,
-              seed: int = 0) -> StudyTau:
+              seed: int = 0, iid: pd.DataFrame | None = None) -> StudyTau:
     """The tau ``score`` reached in ``study``: from the latest FINISHED run of ``<study>/analysis`` when it has
     that score (for an ensemble: the same kind over the same scores), else computed with :func:`correlate` from
-    the study's score and fine-tune runs; ``missing = "no tracked study"`` when there are none."""
+    the study's score and fine-tune runs (``iid``: that table when the caller has already loaded it);
+    ``missing = "no tracked study"`` when there are none."""
     kind = ENSEMBLES.get(score)
     scores = list(ensemble_scores or []) if kind else []
     found = _tau_from_analysis(study, score, kind, scores, alpha)
     if found is not None:
         return found
-    return _tau_from_runs(study, score, kind, scores, alpha, select_metric, select_mode, n_boot, seed)
+    if iid is None:
+        iid = load_study(study, select_metric=select_metric, select_mode=select_mode).iid
+    return _tau_from_runs(iid, study, score, kind, scores, alpha, n_boot, seed)
 
 
 @contextlib.contextmanager
@@ -271,9 +275,8 @@ def _same_ensemble(run_id: str, name: str, kind: str, scores: list[str], alpha: 
     return set(theirs) == set(scores)
 
 
-def _tau_from_runs(study: str, score: str, kind: str | None, scores: list[str], alpha: float, select_metric: str,
-                   select_mode: str, n_boot: int, seed: int) -> StudyTau:
-    iid = load_study(study, select_metric=select_metric, select_mode=select_mode).iid
+def _tau_from_runs(iid: pd.DataFrame, study: str, score: str, kind: str | None, scores: list[str], alpha: float,
+                   n_boot: int, seed: int) -> StudyTau:
     if not len(iid):
         return StudyTau(study, missing=NO_STUDY)
     present = set(iid["score"])
@@ -299,11 +302,10 @@ def _tau_from_runs(study: str, score: str, kind: str | None, scores: list[str], 
                     source="computed from its score and fine-tune runs")
 
 
-def linear_weights(study: str, scores: list[str], *, alpha: float, select_metric: str = "best/val_bal_acc",
-                   select_mode: str = "max") -> pd.Series:
+def linear_weights(study: str, iid: pd.DataFrame, scores: list[str], *, alpha: float) -> pd.Series:
     """``ens_linear``'s weights: :func:`fit_linear_pooling` on the study's scores and selected fine-tuned
-    accuracies; a study without tracked data is an error that says what to do."""
-    iid = load_study(study, select_metric=select_metric, select_mode=select_mode).iid
+    accuracies (``iid``, the study's table from :func:`load_study`); a study without tracked data is an error
+    that says what to do."""
     if not len(iid):
         raise RankError(
             f"score=ens_linear fits its weights on the tracked study {study!r}, which has no (score run, fine-tune "
@@ -386,8 +388,9 @@ def run_rank(cfg: DictConfig, overrides: list[str] | None = None) -> RankResult:
     where = f" ({csv_file})" if csv_file else ""
     n_classes = int(len(np.unique(table.labels)))
     sel, boot = c["select"], c["bootstrap"]
-    pooling = linear_weights(study, names, alpha=float(r["alpha"]), select_metric=sel["metric"],
-                             select_mode=sel["mode"]) if kind == "linear" else None
+    # ens_linear reads the study once: for its weights here, and for the tau when no analysis run has it
+    study_iid = load_study(study, select_metric=sel["metric"], select_mode=sel["mode"]).iid if kind == "linear" else None
+    pooling = linear_weights(study, study_iid, names, alpha=float(r["alpha"])) if kind == "linear" else None
     print(f"[rank] dataset {dataset_name}{where}: {SPLIT} (training) split, {len(table)} images, {n_classes} classes; "
           f"{len(models)} model(s), score {score}" + (f" of {names}" if kind else ""), flush=True)
 
@@ -416,7 +419,7 @@ def run_rank(cfg: DictConfig, overrides: list[str] | None = None) -> RankResult:
             ranked = _rank_table(values, names, score, kind, pooling, dataset_name)
             tau = study_tau(study, score, ensemble_scores=names if kind else None, alpha=float(r["alpha"]),
                             select_metric=sel["metric"], select_mode=sel["mode"], n_boot=int(boot["n"]),
-                            seed=int(boot["seed"]))
+                            seed=int(boot["seed"]), iid=study_iid)
         for w in caught:  # other warnings are shown as usual
             if not issubclass(w.category, ours):
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)

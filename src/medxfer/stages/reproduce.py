@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient

@@ -67,23 +67,25 @@ def _normalised(value: Any) -> Any:
     return tuple(_normalised(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-def score_options(given: dict[str, Any] | None, model: dict[str, Any], names: list[str]) -> dict[str, dict[str, Any]]:
-    """Options of the requested scores (``score.options``), checked against each score's signature, plus
-    ``imagenet_top1``'s ``top1`` from the model config's ``imagenet_top1`` unless given."""
+def score_options(given: dict[str, Any] | None, model: dict[str, Any], names: list[str], *,
+                  where: str = "score.options") -> dict[str, dict[str, Any]]:
+    """Options of the requested scores (``score.options``; ``where`` names the config key in errors), checked
+    against each score's signature before any work, plus ``imagenet_top1``'s ``top1`` from the model config's
+    ``imagenet_top1`` unless given."""
     from medxfer.scores import REGISTRY
     from medxfer.scores.registry import score_options as accepted_options
 
     given = dict(given or {})
     unknown = sorted(set(given) - set(REGISTRY))
     if unknown:
-        raise ValueError(f"score.options names unknown score(s) {unknown}; registered scores: {list(REGISTRY)}")
+        raise ValueError(f"{where} names unknown score(s) {unknown}; registered scores: {list(REGISTRY)}")
     options = {}
     for name in names:
         opts = dict(given.get(name) or {})
         accepted = accepted_options(name)  # None: the score takes any keyword
         bad = [] if accepted is None else sorted(set(opts) - set(accepted))
         if bad:
-            raise ValueError(f"score.options.{name}: unknown option(s) {bad}; {name} accepts {list(accepted or ())}")
+            raise ValueError(f"{where}.{name}: unknown option(s) {bad}; {name} accepts {list(accepted or ())}")
         if name == "imagenet_top1" and "top1" not in opts:
             opts["top1"] = model.get("imagenet_top1")
         if opts:
@@ -229,6 +231,36 @@ def single_thread(enabled: bool):
         torch.set_num_threads(before)
 
 
+@dataclass
+class ScoreOutcome:
+    """What :func:`compute_isolated` produced: values of the scores that worked, their timings and extras, the
+    reason of each that failed, and the texts of the :class:`~medxfer.scores.ScoreWarning` fallbacks."""
+
+    values: dict[str, float]
+    timings: dict[str, float]
+    extras: dict[str, dict[str, float]]
+    failures: dict[str, str]
+    notes: list[str]
+
+
+def compute_isolated(features: Any, labels: Any, probs: Any, names: list[str], *, device: str | None = None,
+                     options: dict[str, dict[str, Any]] | None = None) -> ScoreOutcome:
+    """Every score of ``names`` on one set of inputs (shared statistics computed once); a score that fails is
+    recorded with its reason while the others go on, and inputs no score can use fail every score."""
+    from medxfer.scores import ScoreError, ScoreWarning, compute_scores
+
+    values, timings, extras, failures = {}, {}, {}, {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ScoreWarning)
+        try:
+            values = compute_scores(features, labels, probs, names, device=device, timings=timings, options=options,
+                                    extras=extras, failures=failures)
+        except ScoreError as err:  # the inputs themselves (e.g. one class): no score can be computed
+            failures = {name: str(err) for name in names}
+    notes = [str(w.message) for w in caught if issubclass(w.category, ScoreWarning)]
+    return ScoreOutcome(values, timings, extras, failures, notes)
+
+
 def _compute_and_log(feats: Features, table: SampleTable, names: list[str], device: str | None,
                      options: dict[str, dict[str, Any]] | None = None) -> dict[str, float]:
     """Compute the scores, log ``score/<name>``, ``time/<name>_s`` and the extra numbers some scores report
@@ -237,39 +269,20 @@ def _compute_and_log(feats: Features, table: SampleTable, names: list[str], devi
 
     When one score fails, the others are still computed and logged, then the run fails naming the failures.
     """
-    from medxfer.scores import ScoreError, ScoreWarning, compute_scores
+    from medxfer.scores import ScoreError
 
-    values, timings, failures, extras = {}, {}, {}, {}
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ScoreWarning)
-        try:
-            values = compute_scores(feats.features, table.labels, feats.probs, names, device=device, timings=timings,
-                                    options=options, extras=extras)
-        except ScoreError:
-            values, timings, extras = {}, {}, {}
-            for name in names:  # isolate the failing score(s), keep the rest
-                t, e = {}, {}
-                try:
-                    values.update(compute_scores(feats.features, table.labels, feats.probs, [name], device=device,
-                                                 timings=t, options=options, extras=e))
-                    timings.update(t)
-                    extras.update(e)
-                except ScoreError as err:
-                    failures[name] = str(err)
-    for name, value in values.items():
-        if not np.isfinite(value):
-            failures[name] = f"non-finite value {value}"
-    retry_locked(mlflow.log_metrics, {f"score/{k}": float(v) for k, v in values.items() if k not in failures})
-    retry_locked(mlflow.log_metrics, {f"time/{k}_s": float(v) for k, v in timings.items()})
-    extra_metrics = {f"score_extra/{name}/{key}": float(v) for name, got in extras.items() for key, v in got.items()}
+    out = compute_isolated(feats.features, table.labels, feats.probs, names, device=device, options=options)
+    retry_locked(mlflow.log_metrics, {f"score/{k}": v for k, v in out.values.items()})
+    retry_locked(mlflow.log_metrics, {f"time/{k}_s": float(v) for k, v in out.timings.items()})
+    extra_metrics = {f"score_extra/{name}/{key}": v for name, got in out.extras.items() for key, v in got.items()}
     if extra_metrics:
         retry_locked(mlflow.log_metrics, extra_metrics)
-    notes = [str(w.message) for w in caught if issubclass(w.category, ScoreWarning)]
-    if notes:
-        retry_locked(mlflow.log_text, "\n".join(notes) + "\n", "warnings.txt")
-        retry_locked(mlflow.set_tag, "score_warnings", str(len(notes)))
-        for note in notes:
+    if out.notes:
+        retry_locked(mlflow.log_text, "\n".join(out.notes) + "\n", "warnings.txt")
+        retry_locked(mlflow.set_tag, "score_warnings", str(len(out.notes)))
+        for note in out.notes:
             log.warning("%s", note)
-    if failures:
-        raise ScoreError("scores failed on split " + table.name + ": " + "; ".join(f"{k}: {v}" for k, v in failures.items()))
-    return {k: float(v) for k, v in values.items()}
+    if out.failures:
+        raise ScoreError("scores failed on split " + table.name + ": "
+                         + "; ".join(f"{k}: {v}" for k, v in out.failures.items()))
+    return out.values
