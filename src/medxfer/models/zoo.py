@@ -16,7 +16,7 @@ import difflib
 import hashlib
 import importlib.util
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +33,19 @@ class WeightsNotFound(ModelError):
     """No source of pretrained weights is available for a model."""
 
 
+HEADS = ("imagenet-1k", "own:<n>", "none")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model config: the config ``name``, the timm ``arch`` and where its weights may come from."""
+    """A model config: the config ``name``, the architecture, where its weights may come from, and what they are.
+
+    ``arch`` is a timm architecture (``arch_kwargs`` passed to ``timm.create_model``) or ``medxfer:<name>``
+    (:mod:`medxfer.models.archs`). ``source`` describes a registry package (see :mod:`medxfer.models.fetch`).
+    ``head`` is the source head: ``imagenet-1k``, ``own:<n>`` (the weights' own n-class head, ``head_classes``
+    its class names) or ``none``. ``data`` overrides timm's preprocessing of the architecture (``input_size``,
+    ``interpolation``, ``mean``, ``std``, ``crop_pct``): the weights' own normalisation.
+    """
 
     name: str
     arch: str
@@ -44,6 +54,15 @@ class ModelSpec:
     key_mapping: str = "strict"  # "strict": keys must match timm's; "positional": same order and shapes
     hub: bool = True
     imagenet_top1: float | None = None
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] | None = None
+    head: str = "imagenet-1k"
+    head_classes: list[str] | None = None
+    data: dict[str, Any] | None = None
+    pretraining: str | None = None
+    licence: str | None = None
+    commercial: bool = True
+    leaks_into: list[str] = field(default_factory=list)
 
     @classmethod
     def from_config(cls, node: dict[str, Any]) -> "ModelSpec":
@@ -53,19 +72,48 @@ class ModelSpec:
             raise ModelError(f"model {node.get('name')!r}: unknown config keys {unknown}; known: {sorted(known)}")
         if not node.get("arch"):
             raise ModelError(f"model {node.get('name')!r}: model.arch (a timm architecture name) is not set")
-        return cls(**node)
+        node = {**node, "arch_kwargs": dict(node.get("arch_kwargs") or {}), "leaks_into": list(node.get("leaks_into") or [])}
+        spec = cls(**node)
+        spec.head_size  # validates ``head``
+        return spec
+
+    @property
+    def head_size(self) -> int:
+        """Outputs of the source head: 1000 for ``imagenet-1k``, n for ``own:<n>``, 0 for ``none``."""
+        if self.head == "imagenet-1k":
+            return 1000
+        if self.head == "none":
+            return 0
+        if self.head.startswith("own:") and self.head[4:].isdigit() and int(self.head[4:]) >= 1:
+            n = int(self.head[4:])
+            if self.head_classes is not None and len(self.head_classes) != n:
+                raise ModelError(f"model {self.name!r}: head {self.head} but {len(self.head_classes)} head_classes")
+            return n
+        raise ModelError(f"model {self.name!r}: model.head={self.head!r}; expected one of {list(HEADS)}")
 
 
 @dataclass(frozen=True)
 class ResolvedWeights:
-    """Where the weights of a model come from: ``kind`` is ``file``, ``package`` or ``hub``."""
+    """Where the weights of a model come from: ``kind`` is ``file``, ``package``, ``registry`` or ``hub``.
+
+    For ``registry``, ``location`` is the converted safetensors file and ``source_file`` the file extracted
+    from the package archive.
+    """
 
     kind: str
     location: str
+    source_file: str | None = None
 
 
 def check_arch(arch: str) -> None:
     """Fail early, with suggestions, when timm has no architecture called ``arch``."""
+    if arch.startswith("medxfer:"):
+        from medxfer.models.archs import ARCHS, _load_all
+
+        _load_all()
+        if arch[len("medxfer:"):] not in ARCHS:
+            raise ModelError(f"medxfer defines no architecture {arch!r}; it defines: {sorted('medxfer:' + a for a in ARCHS)}")
+        return
     base = arch.split(".")[0]  # "resnet18.tv_in1k" names a pretrained tag of "resnet18"
     if base not in timm.list_models():
         close = difflib.get_close_matches(base, timm.list_models(), n=8, cutoff=0.6)
@@ -157,19 +205,36 @@ def map_state_dict(model: nn.Module, state: dict[str, torch.Tensor], mapping: st
     return state
 
 
+def build_model(spec: ModelSpec, *, source_file: Path | None = None) -> nn.Module:
+    """The architecture of ``spec`` with its source head (``spec.head_size`` outputs), randomly initialised.
+
+    ``source_file`` is the file extracted from a registry package, for ``medxfer:`` architectures that are
+    defined by it (an ONNX graph).
+    """
+    from medxfer.models.archs import PREFIX, build_arch
+
+    if spec.arch.startswith(PREFIX):
+        return build_arch(spec.arch, spec.head_size, source=source_file, **spec.arch_kwargs)
+    return timm.create_model(spec.arch, pretrained=False, num_classes=spec.head_size, **spec.arch_kwargs)
+
+
 def create_model(spec: ModelSpec, weights: ResolvedWeights | None = None) -> nn.Module:
-    """A timm model with its ImageNet (source) head and pretrained weights, in eval mode."""
+    """The model with its source head and pretrained weights, in eval mode."""
     weights = weights or resolve_weights(spec)
     if weights.kind == "hub":
         try:
-            model = timm.create_model(spec.arch, pretrained=True)
+            model = timm.create_model(spec.arch, pretrained=True, **spec.arch_kwargs)
         except Exception as err:  # noqa: BLE001 - network errors come in many types
             raise WeightsNotFound(
                 f"model {spec.name!r}: downloading {spec.arch} weights from the hub failed ({type(err).__name__}: {err}). "
                 "Provide model.weights=/path/to/file or a package that ships them."
             ) from None
+    elif weights.kind == "registry":
+        model = build_model(spec, source_file=Path(weights.source_file) if weights.source_file else None)
+        state = load_state_dict_file(weights.location)
+        model.load_state_dict(map_state_dict(model, state, "strict", weights.location))
     else:
-        model = timm.create_model(spec.arch, pretrained=False)
+        model = build_model(spec)
         state = load_state_dict_file(weights.location)
         model.load_state_dict(map_state_dict(model, state, spec.key_mapping, weights.location))
     return model.eval()
@@ -185,6 +250,18 @@ def state_dict_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def model_data_config(model: nn.Module) -> dict[str, Any]:
-    """timm's preprocessing for this model (input size, interpolation, mean, std, crop_pct)."""
-    return dict(timm.data.resolve_model_data_config(model))
+def model_data_config(model: nn.Module, spec: ModelSpec | None = None) -> dict[str, Any]:
+    """The preprocessing the weights expect (input size, interpolation, mean, std, crop_pct): timm's config of
+    the architecture, with the model config's ``data`` on top (the weights' own normalisation and size)."""
+    config = dict(timm.data.resolve_model_data_config(model))
+    data = (spec.data if spec is not None else None) or {}
+    if data.get("input_size") is not None:
+        size = data["input_size"]
+        config["input_size"] = (3, int(size), int(size)) if isinstance(size, (int, float)) else tuple(size)
+    for key in ("interpolation", "crop_pct"):
+        if data.get(key) is not None:
+            config[key] = data[key]
+    for key in ("mean", "std"):
+        if data.get(key) is not None:
+            config[key] = tuple(float(v) for v in data[key])
+    return config
