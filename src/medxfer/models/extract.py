@@ -33,25 +33,52 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def source_head_size(model: nn.Module) -> int:
+    """Outputs of the model's source head: timm's ``num_classes`` (0 when the model has no head)."""
+    n = getattr(model, "num_classes", None)
+    if n is None:
+        raise ValueError(f"{type(model).__name__} does not say its head size (attribute num_classes)")
+    return int(n)
+
+
+def source_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Probabilities over the source head's classes: a softmax, or for a single logit (a binary head)
+    ``(1 - sigmoid, sigmoid)``; computed in float64."""
+    logits = logits.double()
+    if logits.shape[-1] == 1:
+        p = torch.sigmoid(logits)
+        return torch.cat([1.0 - p, p], dim=-1)
+    return torch.softmax(logits, dim=-1)
+
+
 class FeatureExtractor(L.LightningModule):
-    """Wraps a timm classifier: ``predict_step`` returns pooled pre-logit features and softmax probabilities."""
+    """Wraps a timm classifier: ``predict_step`` returns pooled pre-logit features and source-head
+    probabilities (an (N, 0) array for a model without a head)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+        self.head_size = source_head_size(model)
 
     def predict_step(self, batch, batch_idx):
         x, y = batch
         pooled = self.model.forward_features(x)
         features = self.model.forward_head(pooled, pre_logits=True)
-        logits = self.model.get_classifier()(features)
-        probs = torch.softmax(logits.double(), dim=-1)
+        if self.head_size == 0:
+            probs = features.new_zeros((features.shape[0], 0))
+        else:
+            probs = source_probabilities(self.model.get_classifier()(features))
         return features.float().cpu(), probs.float().cpu(), y.cpu()
 
 
 @dataclass(frozen=True)
 class Features:
-    """Features (N, D) float32, source probabilities (N, S) float32 and labels (N,) int64 of one split."""
+    """Features (N, D) float32, source probabilities (N, S) float32 (S = 0: the model has no source head)
+    and labels (N,) int64 of one split."""
+
+    @property
+    def has_probs(self) -> bool:
+        return self.probs.ndim == 2 and self.probs.shape[1] > 0
 
     features: np.ndarray
     probs: np.ndarray

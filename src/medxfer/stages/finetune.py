@@ -30,7 +30,9 @@ from medxfer.data.datasets import load_dataset
 from medxfer.data.tables import DatasetSplits
 from medxfer.data.transforms import Preprocess, resolve_preprocess
 from medxfer.models.extract import Features, extract_features, quiet_lightning
-from medxfer.models.zoo import ModelSpec, create_model, model_data_config, resolve_weights, state_dict_digest
+from medxfer.models.zoo import (
+    ModelSpec, create_model, model_data_config, model_tags, resolve_weights, state_dict_digest, warn_if_leaking,
+)
 from medxfer.stages.score import compute_isolated, dataset_identity, model_identity, score_options
 from medxfer.tracking import cell_id, cell_run, ensure_experiment, find_finished_run, reap_dead_runs, setup_tracking
 from medxfer.training.callbacks import MlflowEpochMetrics
@@ -139,12 +141,13 @@ def run_finetune(
         return FinetuneResult(trial, lr, wd, done, skipped=True)
 
     spec = ModelSpec.from_config(c["model"])
-    weights = resolve_weights(spec)
+    weights = resolve_weights(spec, cache_dir=c["paths"]["cache_dir"], allow_noncommercial=bool((c.get("zoo") or {}).get("allow_noncommercial")))
     model = create_model(spec, weights)
+    warn_if_leaking(spec, dataset_name)
     weights_digest = state_dict_digest(model)
     data = load_dataset(c["dataset"])
     check_trainable(data)
-    preprocess = resolve_preprocess(model_data_config(model), c["preprocess"])
+    preprocess = resolve_preprocess(model_data_config(model, spec), c["preprocess"])
     checkpoints = TrialCheckpoints(ft["checkpoint_dir"], cell)
     resume = None if c["force"] else checkpoints.resumable()
     resume_epoch = None
@@ -163,7 +166,7 @@ def run_finetune(
     tags = {
         "stage": "finetune", "model": model_name, "dataset": dataset_name, "split": "iid", "study": c["study"],
         "cell": cell, "sweep": sweep, "trial": str(trial), "weights_source": weights.kind,
-        "weights_digest": weights_digest, "split_digest": data.digest(),
+        "weights_digest": weights_digest, "split_digest": data.digest(), **model_tags(spec, dataset_name),
         **{str(k): str(v) for k, v in (c.get("tags") or {}).items()},
     }
     if resume is not None:

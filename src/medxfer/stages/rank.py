@@ -375,7 +375,8 @@ def run_rank(cfg: DictConfig, overrides: list[str] | None = None) -> RankResult:
     csv_file = dataset_csv(c["dataset"])
     options = score_options(names, models, r.get("options"))
     specs = {m: ModelSpec.from_config(mc) for m, mc in models.items()}
-    weights_sources = {m: resolve_weights(spec) for m, spec in specs.items()}  # no weights: fail before any work
+    weights_sources = {m: resolve_weights(spec, cache_dir=c["paths"]["cache_dir"], allow_noncommercial=bool((c.get("zoo") or {}).get("allow_noncommercial")))
+                       for m, spec in specs.items()}  # no weights: fail before any work
 
     setup_tracking(c["tracking"]["uri"])
     experiment = c["tracking"]["experiment"]
@@ -446,7 +447,7 @@ def _split_features(spec, weights, table, dataset_name: str, c: dict[str, Any], 
     from medxfer.stages.score import split_features
 
     model = create_model(spec, weights)
-    preprocess = resolve_preprocess(model_data_config(model), c["preprocess"])
+    preprocess = resolve_preprocess(model_data_config(model, spec), c["preprocess"])
     print(f"{progress}: features of {len(table)} images ({preprocess.input_size} px), cached or extracted", flush=True)
     return split_features(model, spec, state_dict_digest(model), table, dataset_name, SPLIT, preprocess, cache,
                           c["extract"])

@@ -21,7 +21,10 @@ from medxfer.data.datasets import check_scoreable, load_dataset
 from medxfer.data.tables import SampleTable
 from medxfer.data.transforms import resolve_preprocess
 from medxfer.models.extract import FeatureCache, Features, cache_key, extract_features
-from medxfer.models.zoo import ModelSpec, create_model, model_data_config, resolve_weights, state_dict_digest
+from medxfer.models.zoo import (
+    ModelSpec, create_model, model_data_config, model_tags, resolve_weights, state_dict_digest, warn_if_leaking,
+)
+from medxfer.scores.registry import split_by_source_head
 from medxfer.tracking import cell_id, cell_run, ensure_experiment, find_finished_run, reap_dead_runs, setup_tracking
 from medxfer.tracking.retry import retry_locked
 
@@ -110,12 +113,16 @@ def _non_default(options: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]
     return out
 
 
+# model config keys that describe the weights without changing a value computed from them
+DESCRIPTIVE_MODEL_KEYS = ("licence", "pretraining", "commercial", "leaks_into", "head_classes")
+
+
 def model_identity(model: dict[str, Any], names: list[str] | None = None) -> dict[str, Any]:
-    """The model config as part of a cell: its published ImageNet top-1 matters only to the ``imagenet_top1``
-    score (filling it in must not turn finished cells into new ones)."""
-    if names is not None and "imagenet_top1" in names:
-        return dict(model)
-    return {k: v for k, v in model.items() if k != "imagenet_top1"}
+    """The model config as part of a cell: descriptive keys (licence, what the weights were trained on) are
+    left out, and the published ImageNet top-1 matters only to the ``imagenet_top1`` score (filling them in
+    must not turn finished cells into new ones)."""
+    keep = dict(model) if names is not None and "imagenet_top1" in names else {k: v for k, v in model.items() if k != "imagenet_top1"}
+    return {k: v for k, v in keep.items() if k not in DESCRIPTIVE_MODEL_KEYS}
 
 
 def score_cell_ids(c: dict[str, Any], names: list[str], options: dict[str, dict[str, Any]] | None = None) -> dict[str, str]:
@@ -154,8 +161,10 @@ def run_score(cfg: DictConfig, overrides: list[str] | None = None) -> list[CellR
         return results
 
     spec = ModelSpec.from_config(c["model"])
-    weights = resolve_weights(spec)
+    weights = resolve_weights(spec, cache_dir=c["paths"]["cache_dir"], allow_noncommercial=bool((c.get("zoo") or {}).get("allow_noncommercial")))
     model = create_model(spec, weights)
+    warn_if_leaking(spec, dataset_name)
+    applicable, not_applicable = split_by_source_head(names, spec.head_size > 0)
     data = load_dataset(c["dataset"])
     if "ood" in todo and data.ood is None:
         print(f"[score] {dataset_name} has no out-of-distribution set; skipping split ood", flush=True)
@@ -164,14 +173,15 @@ def run_score(cfg: DictConfig, overrides: list[str] | None = None) -> list[CellR
     for table in tables.values():
         check_scoreable(table)
     weights_digest = state_dict_digest(model)
-    preprocess = resolve_preprocess(model_data_config(model), c["preprocess"])
+    preprocess = resolve_preprocess(model_data_config(model, spec), c["preprocess"])
     cache = FeatureCache(c["paths"]["cache_dir"] + "/features")
 
     for split, table in tables.items():
         tags = {
             "stage": "score", "model": model_name, "dataset": dataset_name, "split": split,
             "study": c["study"], "cell": cells[split], "weights_source": weights.kind,
-            "weights_digest": weights_digest, "split_digest": table.digest(),
+            "weights_digest": weights_digest, "split_digest": table.digest(), **model_tags(spec, dataset_name),
+            **({"scores_not_applicable": ", ".join(not_applicable) + " (the model has no source head)"} if not_applicable else {}),
             **{str(k): str(v) for k, v in (c.get("tags") or {}).items()},
         }
         with cell_run(experiment_id, run_name=f"{model_name}-{dataset_name}-{split}", tags=tags, config=c, overrides=overrides) as run:
@@ -183,9 +193,9 @@ def run_score(cfg: DictConfig, overrides: list[str] | None = None) -> list[CellR
             retry_locked(mlflow.log_metric, "time/extract_s", time.perf_counter() - t0)
             retry_locked(mlflow.log_params, {"n_samples": len(table), "feat_dim": feats.features.shape[1],
                                "n_classes": int(len(np.unique(table.labels))), "features_cached": cached,
-                               "preprocess": str(preprocess.as_dict())})
+                               "preprocess": str(preprocess.as_dict()), "source_head_size": spec.head_size})
             with single_thread(bool(c["score"].get("deterministic", True))):
-                values = _compute_and_log(feats, table, names, c["score"].get("device"), options)
+                values = _compute_and_log(feats, table, applicable, c["score"].get("device"), options)
             results.append(CellResult(split, run.info.run_id, values, skipped=False, cached_features=cached))
         print(f"[score] {model_name} x {dataset_name} [{split}] " + ", ".join(f"{k}={v:.4g}" for k, v in values.items()), flush=True)
     return results
@@ -271,7 +281,8 @@ def _compute_and_log(feats: Features, table: SampleTable, names: list[str], devi
     """
     from medxfer.scores import ScoreError
 
-    out = compute_isolated(feats.features, table.labels, feats.probs, names, device=device, options=options)
+    out = compute_isolated(feats.features, table.labels, feats.probs if feats.has_probs else None, names,
+                           device=device, options=options)
     retry_locked(mlflow.log_metrics, {f"score/{k}": v for k, v in out.values.items()})
     retry_locked(mlflow.log_metrics, {f"time/{k}_s": float(v) for k, v in out.timings.items()})
     extra_metrics = {f"score_extra/{name}/{key}": v for name, got in out.extras.items() for key, v in got.items()}

@@ -48,12 +48,13 @@ def run_study(cfg: DictConfig) -> StudyReport:
     report = StudyReport()
     cells = [(m, d) for d in c["datasets"] for m in c["models"]]
     common = _common(c)
+    zoo = [f"zoo.allow_noncommercial={str(c['zoo']['allow_noncommercial']).lower()}"]
 
     t0 = time.perf_counter()
     done = ran = 0
     print(f"[study] stage score: {len(cells)} cells (models x datasets), each in and out of distribution", flush=True)
     for i, (m, d) in enumerate(cells, 1):
-        results = run_score(compose_stage("score", [f"model={m}", f"dataset={d}", *common, *c["score"]["overrides"]]))
+        results = run_score(compose_stage("score", [f"model={m}", f"dataset={d}", *common, *zoo, *c["score"]["overrides"]]))
         done += sum(r.skipped for r in results)
         ran += sum(not r.skipped for r in results)
         print(f"[study] score {i}/{len(cells)} cells", flush=True)
@@ -67,7 +68,7 @@ def run_study(cfg: DictConfig) -> StudyReport:
         done = ran = 0
         for i, (m, d, t) in enumerate(trials, 1):
             result = run_finetune(compose_stage(
-                "finetune", [f"model={m}", f"dataset={d}", f"trial={t}", *common, *c["finetune"]["overrides"]]
+                "finetune", [f"model={m}", f"dataset={d}", f"trial={t}", *common, *zoo, *c["finetune"]["overrides"]]
             ))
             skipped = result.skipped
             done += skipped

@@ -1,0 +1,37 @@
+"""``medxfer-zoo``: the model zoo.
+
+    medxfer-zoo list [format=json]
+    medxfer-zoo fetch [models=[mobilenetv1_100_nudity,inception_v3_nsfwjs]]
+    medxfer-zoo predict model=mobilenetv1_100_nudity image=cat.png [format=json]
+"""
+
+from __future__ import annotations
+
+import sys
+
+from medxfer.config import config_dir
+
+COMMANDS = ("list", "fetch", "predict")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__.strip(), file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
+    from hydra import compose, initialize_config_dir
+
+    from medxfer.models.zoo import ModelError
+    from medxfer.stages.zoo import run_zoo
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose(config_name="model_zoo", overrides=argv[1:])
+    try:
+        print(run_zoo(argv[0], cfg), flush=True)
+    except (ModelError, ValueError, FileNotFoundError) as err:
+        print(f"medxfer-zoo {argv[0]}: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
