@@ -39,6 +39,13 @@ def project(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.fixture(scope="session")
+def zoo_cache() -> str:
+    """The cache that holds fetched and converted zoo weights, shared across tests and runs (downloads are
+    large): ``MEDXFER_CACHE_DIR``, else the checkout's ``.cache/medxfer``."""
+    return os.environ.get("MEDXFER_CACHE_DIR") or str(Path(__file__).resolve().parents[1] / ".cache" / "medxfer")
+
+
+@pytest.fixture(scope="session")
 def shared_data_dir(tmp_path_factory) -> Path:
     """Synthetic images generated once per test session and reused (generation is deterministic)."""
     return tmp_path_factory.mktemp("data")

@@ -24,9 +24,20 @@ def project_root() -> str:
     return os.path.abspath(os.environ.get("MEDXFER_ROOT") or os.getcwd())
 
 
+def reference_dir(name: str = "") -> str:
+    """A folder of reference data shipped inside the package (``src/medxfer/reference/<name>``), e.g. the paper's
+    published splits: ``${medxfer_reference:chaves2023/splits/isic19}`` in a config."""
+    path = Path(__file__).resolve().parent / "reference" / name
+    if not path.exists():
+        raise FileNotFoundError(f"medxfer's reference data {path} is missing; reinstall medxfer (`pip install -e .`)")
+    return str(path)
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("medxfer_root"):
         OmegaConf.register_new_resolver("medxfer_root", project_root)
+    if not OmegaConf.has_resolver("medxfer_reference"):
+        OmegaConf.register_new_resolver("medxfer_reference", reference_dir)
 
 
 register_resolvers()

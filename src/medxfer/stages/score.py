@@ -181,7 +181,7 @@ def run_score(cfg: DictConfig, overrides: list[str] | None = None) -> list[CellR
             "stage": "score", "model": model_name, "dataset": dataset_name, "split": split,
             "study": c["study"], "cell": cells[split], "weights_source": weights.kind,
             "weights_digest": weights_digest, "split_digest": table.digest(), **model_tags(spec, dataset_name),
-            **({"scores_not_applicable": ", ".join(not_applicable) + " (the model has no source head)"} if not_applicable else {}),
+            **({"scores_not_applicable": ",".join(not_applicable)} if not_applicable else {}),  # no source head
             **{str(k): str(v) for k, v in (c.get("tags") or {}).items()},
         }
         with cell_run(experiment_id, run_name=f"{model_name}-{dataset_name}-{split}", tags=tags, config=c, overrides=overrides) as run:

@@ -22,7 +22,7 @@ from torch import nn
 __all__ = ["ARCHS", "PREFIX", "build_arch", "register_arch"]
 
 PREFIX = "medxfer:"
-_MODULES = ("vgg_features", "onnx_module")
+_MODULES = ("vgg_features", "vgg_plain", "keras_xception", "inception_tf", "onnx_module")
 
 ARCHS: dict[str, Callable[..., nn.Module]] = {}
 

@@ -1,0 +1,36 @@
+"""``medxfer-data``: what a dataset holds and what is wrong with it, before a long job runs on it.
+
+    medxfer-data dataset=isic2019 dataset.root=/data/paper
+    medxfer-data dataset=breakhis format=json images=decode
+
+Prints per split (train, val, test, ood) the count of each class, the groups, and every problem found (missing
+files, unreadable images, an image or a group in two splits); exits 1 when there is a problem or the dataset
+cannot be read.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from medxfer.config import config_dir
+from medxfer.data.tables import DataError
+from medxfer.stages.data import render, run_data
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="data")
+def main(cfg: DictConfig) -> None:
+    try:
+        report = run_data(cfg)
+    except DataError as err:
+        print(f"medxfer-data: {err}", file=sys.stderr)
+        sys.exit(1)
+    print(render(report, cfg.format))
+    if report.problems:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
