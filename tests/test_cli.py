@@ -51,6 +51,6 @@ def test_unknown_override_key_is_refused(tmp_path, shared_data_dir):
     assert not (tmp_path / "mlruns" / "mlflow.db").exists()  # refused before any work
 
 
-@pytest.mark.parametrize("module", ["score", "finetune", "analyze", "study", "reproduce", "rank"])
+@pytest.mark.parametrize("module", ["score", "finetune", "analyze", "study", "reproduce", "rank", "zoo", "data"])
 def test_console_scripts_exist(module):
     assert (BIN / f"medxfer-{module}").exists()

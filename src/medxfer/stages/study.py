@@ -34,7 +34,8 @@ def _common(c: dict[str, Any]) -> list[str]:
         f"paths.cache_dir={c['paths']['cache_dir']}",
         f"paths.output_dir={c['paths']['output_dir']}",
         f"tracking.uri={c['tracking']['uri']}",
-        f"tracking.artifact_root={c['tracking']['artifact_root']}",
+        # a None written as "None" would reach the stages as the string 'None'
+        f"tracking.artifact_root={'null' if c['tracking']['artifact_root'] is None else c['tracking']['artifact_root']}",
     ]
 
 
