@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from medxfer.data.tables import SampleTable
+from medxfer.digests import file_sha256
 from medxfer.data.transforms import ImageDataset, Preprocess, eval_transform
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ class FeatureCache:
         if not path.exists():
             return None
         expected = digest_file.read_text().strip() if digest_file.exists() else None
-        actual = _file_sha256(path)
+        actual = file_sha256(path)
         if expected != actual:
             log.warning("feature cache file %s is corrupted (checksum %s, expected %s); recomputing", path, actual[:12], (expected or "none")[:12])
             path.unlink(missing_ok=True)
@@ -147,7 +148,7 @@ class FeatureCache:
         os.close(fd)
         try:
             np.savez(tmp, features=feats.features, probs=feats.probs, labels=feats.labels)
-            digest = _file_sha256(Path(tmp))
+            digest = file_sha256(Path(tmp))
             tmp_digest = tmp + ".sha256"
             Path(tmp_digest).write_text(digest + "\n")
             os.replace(tmp_digest, path.with_suffix(".sha256"))
@@ -156,11 +157,3 @@ class FeatureCache:
             for leftover in (tmp, tmp + ".sha256"):
                 if os.path.exists(leftover):
                     os.unlink(leftover)
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

