@@ -15,7 +15,7 @@ from medxfer.data.tables import SampleTable
 from medxfer.data.transforms import resolve_preprocess
 from medxfer.models.extract import extract_features, source_probabilities
 from medxfer.models.zoo import ModelError, ModelSpec, create_model, model_data_config, resolve_weights
-from medxfer.scores.registry import split_by_source_head
+from medxfer.scores.registry import split_applicable
 from medxfer.stages.score import run_score
 
 
@@ -71,10 +71,13 @@ def test_model_data_overrides_the_architectures_normalisation():
     assert config["input_size"] == (3, 160, 160) and config["mean"] == (0.5, 0.5, 0.5) and config["std"] == (0.5, 0.5, 0.5)
 
 
-def test_only_the_probability_scores_need_a_source_head():
-    applicable, not_applicable = split_by_source_head(["logme", "leep", "nce", "nleep", "hscore"], False)
+def test_only_the_probability_scores_need_a_source_head_and_imagenet_top1_its_published_value():
+    applicable, not_applicable = split_applicable(["logme", "leep", "nce", "nleep", "hscore"], has_source_head=False)
     assert not_applicable == ["leep", "nce"] and applicable == ["logme", "nleep", "hscore"]
-    assert split_by_source_head(["leep"], True) == (["leep"], [])
+    assert split_applicable(["leep"], has_source_head=True) == (["leep"], [])
+    assert split_applicable(["imagenet_top1", "logme"], has_source_head=True) == (["logme"], ["imagenet_top1"])
+    top1 = {"imagenet_top1": {"top1": 70.9}}
+    assert split_applicable(["imagenet_top1"], has_source_head=False, options=top1) == (["imagenet_top1"], [])
 
 
 def test_a_headless_model_is_scored_without_leep_and_nce_and_says_so(score_cfg, project, tmp_path):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Iterable, TYPE_CHECKING, Any, Callable, Union
+from typing import Iterable, Mapping, TYPE_CHECKING, Any, Callable, Union
 
 if TYPE_CHECKING:
     from medxfer.scores.inputs import ScoreInputs
@@ -114,10 +114,17 @@ def single_score(
     )[name]
 
 
-def split_by_source_head(names: Iterable[str], has_source_head: bool) -> tuple[list[str], list[str]]:
-    """``(applicable, not_applicable)``: without a source head, the scores that read its probabilities
-    (LEEP, NCE) do not apply to a model; they are reported as such, never as a NaN."""
+def split_applicable(names: Iterable[str], *, has_source_head: bool,
+                     options: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[list[str], list[str]]:
+    """``(applicable, not_applicable)`` for one model: without a source head, the scores that read its
+    probabilities (LEEP, NCE) do not apply; without a published ImageNet top-1 (option ``top1``),
+    ``imagenet_top1`` does not. They are reported as such, never as a NaN or a failure."""
     names = list(names)
-    if has_source_head:
-        return names, []
-    return [n for n in names if not REGISTRY[n].needs_probs], [n for n in names if REGISTRY[n].needs_probs]
+    options = options or {}
+
+    def applies(name: str) -> bool:
+        if REGISTRY[name].needs_probs and not has_source_head:
+            return False
+        return not (name == "imagenet_top1" and (options.get(name) or {}).get("top1") is None)
+
+    return [n for n in names if applies(n)], [n for n in names if not applies(n)]

@@ -67,12 +67,12 @@ def run_analyze(cfg: DictConfig, overrides: list[str] | None = None) -> Analysis
     # ensembles become scores of the tables, so everything below (correlations, metrics, figures, CSV) has them
     ensembles = ood_ensembles = parse_ensembles(c.get("ensembles"))
     if tables.not_applicable:
-        # "every score" means every score that applies to every model: LEEP and NCE need a source head, and a
-        # model without one would otherwise be dropped from the ensembles
+        # "every score" means every score that applies to every model (LEEP and NCE need a source head,
+        # imagenet_top1 a published top-1): a model lacking one would otherwise be dropped from the ensembles
         usable = tuple(sorted(set(tables.iid["score"]) - set(tables.not_applicable)))
         ensembles = [dataclasses.replace(e, scores=usable) if e.scores is None else e for e in ensembles]
         for name, models in tables.not_applicable.items():
-            print(f"[analyze] {name} does not apply to {len(models)} model(s) without a source head "
+            print(f"[analyze] {name} does not apply to {len(models)} model(s) "
                   f"({', '.join(models)}): correlated over the others, left out of the ensembles", flush=True)
     names = [e.name for e in ensembles]
     with warnings.catch_warnings(record=True) as caught:

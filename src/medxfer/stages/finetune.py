@@ -30,6 +30,7 @@ from medxfer.data.datasets import load_dataset
 from medxfer.data.tables import DatasetSplits
 from medxfer.data.transforms import Preprocess, resolve_preprocess
 from medxfer.models.extract import Features, extract_features, quiet_lightning
+from medxfer.scores.registry import split_applicable
 from medxfer.models.zoo import (
     ModelSpec, create_model, model_data_config, model_tags, resolve_weights, state_dict_digest, warn_if_leaking,
 )
@@ -129,6 +130,8 @@ def run_finetune(
     check_finetune_config(ft)
     names = ood_score_names(c)
     ood_options = score_options(None, c["model"], names)  # imagenet_top1 from the model config
+    # the fine-tuned model always has a head; imagenet_top1 needs the model's published top-1
+    names, _ = split_applicable(names, has_source_head=True, options=ood_options)
     setup_tracking(c["tracking"]["uri"])
     experiment_id = ensure_experiment(c["tracking"]["experiment"], c["tracking"].get("artifact_root"))
     reap_dead_runs(experiment_id)

@@ -24,7 +24,7 @@ from medxfer.models.extract import FeatureCache, Features, cache_key, extract_fe
 from medxfer.models.zoo import (
     ModelSpec, create_model, model_data_config, model_tags, resolve_weights, state_dict_digest, warn_if_leaking,
 )
-from medxfer.scores.registry import split_by_source_head
+from medxfer.scores.registry import split_applicable
 from medxfer.tracking import cell_id, cell_run, ensure_experiment, find_finished_run, reap_dead_runs, setup_tracking
 from medxfer.tracking.retry import retry_locked
 
@@ -164,7 +164,9 @@ def run_score(cfg: DictConfig, overrides: list[str] | None = None) -> list[CellR
     weights = resolve_weights(spec, cache_dir=c["paths"]["cache_dir"], allow_noncommercial=bool((c.get("zoo") or {}).get("allow_noncommercial")))
     model = create_model(spec, weights)
     warn_if_leaking(spec, dataset_name)
-    applicable, not_applicable = split_by_source_head(names, spec.head_size > 0)
+    applicable, not_applicable = split_applicable(names, has_source_head=spec.head_size > 0, options=options)
+    if not applicable:  # only inapplicable scores were asked for: computing them fails in the run, saying why
+        applicable, not_applicable = names, []
     data = load_dataset(c["dataset"])
     if "ood" in todo and data.ood is None:
         print(f"[score] {dataset_name} has no out-of-distribution set; skipping split ood", flush=True)
@@ -181,7 +183,7 @@ def run_score(cfg: DictConfig, overrides: list[str] | None = None) -> list[CellR
             "stage": "score", "model": model_name, "dataset": dataset_name, "split": split,
             "study": c["study"], "cell": cells[split], "weights_source": weights.kind,
             "weights_digest": weights_digest, "split_digest": table.digest(), **model_tags(spec, dataset_name),
-            **({"scores_not_applicable": ",".join(not_applicable)} if not_applicable else {}),  # no source head
+            **({"scores_not_applicable": ",".join(not_applicable)} if not_applicable else {}),
             **{str(k): str(v) for k, v in (c.get("tags") or {}).items()},
         }
         with cell_run(experiment_id, run_name=f"{model_name}-{dataset_name}-{split}", tags=tags, config=c, overrides=overrides) as run:
