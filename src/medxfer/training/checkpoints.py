@@ -10,7 +10,6 @@ rerun or a reproduction of a trial never overwrites the checkpoint an earlier ru
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
@@ -20,6 +19,8 @@ from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from medxfer.digests import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -112,14 +113,6 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
         raise RuntimeError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}; delete it and rerun") from None
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def prune_checkpoints(finished: list[dict[str, Any]], selected_run: str | None) -> list[str]:
