@@ -7,16 +7,15 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-_REPO_CONF = Path(__file__).resolve().parents[2] / "conf"
+_PACKAGE_CONF = Path(__file__).resolve().parent / "conf"
 
 
 def config_dir() -> str:
-    """The ``conf/`` folder of the checkout (medxfer runs from a source checkout, installed editable)."""
-    if not _REPO_CONF.is_dir():
-        raise FileNotFoundError(
-            f"medxfer's config folder {_REPO_CONF} is missing; install medxfer from a checkout with `pip install -e .`"
-        )
-    return str(_REPO_CONF)
+    """The configs shipped inside the package (``medxfer/conf``), in a wheel as in an editable checkout. A user's
+    own folder goes on top with Hydra's ``--config-dir <folder>`` (its files win over the shipped ones)."""
+    if not _PACKAGE_CONF.is_dir():
+        raise FileNotFoundError(f"medxfer's config folder {_PACKAGE_CONF} is missing; reinstall medxfer")
+    return str(_PACKAGE_CONF)
 
 
 def project_root() -> str:

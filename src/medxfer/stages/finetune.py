@@ -35,7 +35,8 @@ from medxfer.scores.registry import split_applicable
 from medxfer.models.zoo import (
     ModelSpec, create_model, model_data_config, model_tags, resolve_weights, state_dict_digest, warn_if_leaking,
 )
-from medxfer.stages.score import compute_isolated, dataset_identity, model_identity, score_options
+from medxfer.scores.isolated import compute_isolated, single_thread
+from medxfer.stages.score import dataset_identity, model_identity, score_options
 from medxfer.tracking import cell_id, cell_run, ensure_experiment, find_finished_run, reap_dead_runs, setup_tracking
 from medxfer.training.callbacks import MlflowEpochMetrics
 from medxfer.training.checkpoints import (
@@ -266,7 +267,8 @@ def _evaluate(
                                      progress=ft["progress"])
         metrics.update(_ood_accuracy(feats, len(data.class_names)))
         metrics["time/ood_eval_s"] = time.perf_counter() - t0
-        metrics.update(_ood_scores(feats, names, options))
+        with single_thread(bool(ft["deterministic"])):  # as score runs: MKL's threaded reductions vary
+            metrics.update(_ood_scores(feats, names, options))
     return metrics
 
 

@@ -47,7 +47,7 @@ from medxfer.analysis.ensembles import (
 )
 from medxfer.analysis.runs import load_study
 from medxfer.config import config_dir
-from medxfer.stages.score import single_thread
+from medxfer.scores.isolated import single_thread
 from medxfer.tracking import cell_id, cell_run, ensure_experiment, setup_tracking
 from medxfer.tracking.retry import retry_locked
 

@@ -6,10 +6,8 @@ skipped → weights resolved and model built → data read and split → feature
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +22,7 @@ from medxfer.models.extract import FeatureCache, Features, cache_key, extract_fe
 from medxfer.models.zoo import (
     ModelSpec, create_model, model_data_config, model_tags, resolve_weights, state_dict_digest, warn_if_leaking,
 )
+from medxfer.scores.isolated import compute_isolated, single_thread
 from medxfer.scores.registry import split_applicable
 from medxfer.tracking import cell_id, cell_run, ensure_experiment, find_finished_run, reap_dead_runs, setup_tracking
 from medxfer.tracking.retry import retry_locked
@@ -224,53 +223,6 @@ def split_features(model: Any, spec: ModelSpec, weights_digest: str, table: Samp
     if not np.array_equal(feats.labels, table.labels):
         raise RuntimeError(f"feature cache {path} holds labels that differ from split {table.name}; delete it")
     return feats, cached
-
-
-@contextlib.contextmanager
-def single_thread(enabled: bool):
-    """Run torch on one CPU thread: multi-threaded reductions (MKL) change the last bits of the scores from
-    run to run; with one thread a cell reproduces exactly on the same machine."""
-    if not enabled:
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-@dataclass
-class ScoreOutcome:
-    """What :func:`compute_isolated` produced: values of the scores that worked, their timings and extras, the
-    reason of each that failed, and the texts of the :class:`~medxfer.scores.ScoreWarning` fallbacks."""
-
-    values: dict[str, float]
-    timings: dict[str, float]
-    extras: dict[str, dict[str, float]]
-    failures: dict[str, str]
-    notes: list[str]
-
-
-def compute_isolated(features: Any, labels: Any, probs: Any, names: list[str], *, device: str | None = None,
-                     options: dict[str, dict[str, Any]] | None = None) -> ScoreOutcome:
-    """Every score of ``names`` on one set of inputs (shared statistics computed once); a score that fails is
-    recorded with its reason while the others go on, and inputs no score can use fail every score."""
-    from medxfer.scores import ScoreError, ScoreWarning, compute_scores
-
-    values, timings, extras, failures = {}, {}, {}, {}
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ScoreWarning)
-        try:
-            values = compute_scores(features, labels, probs, names, device=device, timings=timings, options=options,
-                                    extras=extras, failures=failures)
-        except ScoreError as err:  # the inputs themselves (e.g. one class): no score can be computed
-            failures = {name: str(err) for name in names}
-    notes = [str(w.message) for w in caught if issubclass(w.category, ScoreWarning)]
-    return ScoreOutcome(values, timings, extras, failures, notes)
 
 
 def _compute_and_log(feats: Features, table: SampleTable, names: list[str], device: str | None,
