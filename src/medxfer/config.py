@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 _PACKAGE_CONF = Path(__file__).resolve().parent / "conf"
 
 
 def config_dir() -> str:
     """The configs shipped inside the package (``medxfer/conf``), in a wheel as in an editable checkout. A user's
-    own folder goes on top with Hydra's ``--config-dir <folder>`` (its files win over the shipped ones)."""
+    own folder adds to them with Hydra's ``--config-dir <folder>`` (e.g. ``<folder>/model/mine.yaml`` makes
+    ``model=mine``); Hydra searches it after the shipped folder, so a file named like a shipped one is not used:
+    give it a new name."""
     if not _PACKAGE_CONF.is_dir():
         raise FileNotFoundError(f"medxfer's config folder {_PACKAGE_CONF} is missing; reinstall medxfer")
     return str(_PACKAGE_CONF)
@@ -40,3 +42,15 @@ def register_resolvers() -> None:
 
 
 register_resolvers()
+
+
+def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
+    """The composed config ``config_name`` with ``overrides``, as Hydra's command line would build it (inside a
+    running Hydra job, with that job's config search path)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name=config_name, overrides=overrides)
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides)

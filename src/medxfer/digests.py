@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
-__all__ = ["file_sha256", "path_sha256"]
+__all__ = ["FileDigests", "file_sha256", "path_sha256"]
 
 
 def file_sha256(path: str | Path) -> str:
@@ -28,3 +29,65 @@ def path_sha256(path: str | Path) -> str:
     for f in sorted(p for p in path.rglob("*") if p.is_file()):
         h.update(f"{f.relative_to(path).as_posix()}\0{file_sha256(f)}\n".encode())
     return h.hexdigest()
+
+
+class FileDigests:
+    """SHA-256 of many files, remembered by (resolved path, size, modification time) in a small SQLite file so
+    that a second look at an unchanged file costs a ``stat``, not a read. A moved or copied file is read again
+    (its path is new) and gets the same digest; an edited one gets a new digest. With ``db=None``, or when the
+    database cannot be written, every file is read."""
+
+    def __init__(self, db: str | Path | None):
+        self._conn = None
+        if db is not None:
+            import sqlite3
+
+            try:
+                Path(db).parent.mkdir(parents=True, exist_ok=True)
+                self._conn = sqlite3.connect(str(db), timeout=60)
+                self._conn.execute("CREATE TABLE IF NOT EXISTS digests (path TEXT PRIMARY KEY, size INTEGER, "
+                                   "mtime_ns INTEGER, sha256 TEXT)")
+            except (OSError, sqlite3.Error):  # a read-only cache: correct, only slower
+                self._conn = None
+
+    def many(self, paths: "list[str | Path] | tuple[str | Path, ...]") -> list[str]:
+        """The digests of ``paths``, in order. A missing file raises FileNotFoundError naming it."""
+        stats = []
+        for p in paths:
+            resolved = str(Path(p).resolve())
+            st = os.stat(resolved)
+            stats.append((resolved, st.st_size, st.st_mtime_ns))
+        known: dict[str, tuple[int, int, str]] = {}
+        if self._conn is not None:
+            import sqlite3
+
+            try:
+                for i in range(0, len(stats), 500):
+                    chunk = [s[0] for s in stats[i:i + 500]]
+                    rows = self._conn.execute(
+                        f"SELECT path, size, mtime_ns, sha256 FROM digests WHERE path IN ({','.join('?' * len(chunk))})", chunk)
+                    known.update({r[0]: (r[1], r[2], r[3]) for r in rows})
+            except sqlite3.Error:
+                known = {}
+        out, new = [], []
+        for path, size, mtime in stats:
+            hit = known.get(path)
+            if hit is not None and hit[0] == size and hit[1] == mtime:
+                out.append(hit[2])
+            else:
+                digest = file_sha256(path)
+                out.append(digest)
+                new.append((path, size, mtime, digest))
+        if new and self._conn is not None:
+            import sqlite3
+
+            try:
+                with self._conn:
+                    self._conn.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?)", new)
+            except sqlite3.Error:
+                pass
+        return out
+
+    def file(self, path: str | Path) -> str:
+        """The digest of one file."""
+        return self.many([path])[0]

@@ -1,11 +1,23 @@
-"""Read a study back from MLflow (``mlflow.search_runs``) into the long tables that :func:`correlate` takes."""
+"""A study's tracked runs as the long tables that :func:`correlate` takes.
+
+:func:`manifest_tables` reads exactly the cells of a study manifest (:mod:`medxfer.manifest`) from frames of
+FINISHED runs (:func:`medxfer.tracking.finished_frame`): runs of other settings are counted, never read.
+:func:`load_study` is the reading of runs tracked before cell schema 2 (``legacy=true``): the newest run per
+model and dataset, whatever its settings.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import mlflow
 import pandas as pd
+
+from typing import TYPE_CHECKING
+
+from medxfer.analysis.selection import select_trials
+
+if TYPE_CHECKING:
+    from medxfer.manifest import Manifest
 
 SCORE_PREFIX = "metrics.score/"
 OOD_SCORE_PREFIX = "metrics.ood_score/"
@@ -23,37 +35,16 @@ class StudyTables:
     ood: pd.DataFrame
     selected: pd.DataFrame
     missing: list[str] = field(default_factory=list)
+    digests: dict[str, str] = field(default_factory=dict)  # dataset -> content digest of its training split
+    manifest_id: str | None = None  # hash of the manifest's cell ids: tags the analysis run made from these tables
+    extra: int = 0  # FINISHED runs in the study's experiments that are not cells of its manifest (not read)
     leaks: list[tuple[str, str]] = field(default_factory=list)  # (model, dataset): weights trained on overlapping data
     not_applicable: dict[str, list[str]] = field(default_factory=dict)  # score -> models it does not apply to
-
-
-def _finished(experiment: str, filter_string: str = "") -> pd.DataFrame:
-    if mlflow.get_experiment_by_name(experiment) is None:
-        return pd.DataFrame()
-    query = "attributes.status = 'FINISHED'" + (f" and {filter_string}" if filter_string else "")
-    runs = mlflow.search_runs(experiment_names=[experiment], filter_string=query, order_by=["attributes.start_time DESC"])
-    return runs
 
 
 def _latest(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """The newest run per key (runs are sorted newest first); forced reruns replace older values."""
     return runs.drop_duplicates(keys, keep="first") if len(runs) else runs
-
-
-def select_trials(finetune: pd.DataFrame, metric: str = "best/val_bal_acc", mode: str = "max") -> pd.DataFrame:
-    """Per (model, dataset) the fine-tuning run with the best ``metric`` (ties: the lower trial number)."""
-    col = f"metrics.{metric}"
-    if len(finetune) == 0:
-        return finetune
-    if col not in finetune.columns:
-        raise ValueError(f"fine-tune runs have no metric {metric!r} to select trials by; metrics: "
-                         f"{sorted(c[8:] for c in finetune.columns if c.startswith('metrics.'))}")
-    if mode not in ("max", "min"):
-        raise ValueError(f"select.mode={mode!r}; expected max or min")
-    ft = finetune.dropna(subset=[col]).copy()
-    ft["_trial"] = pd.to_numeric(ft.get("params.trial"), errors="coerce")
-    ft = ft.sort_values([col, "_trial"], ascending=[mode == "min", True])
-    return ft.drop_duplicates(["tags.model", "tags.dataset"], keep="first").drop(columns="_trial")
 
 
 def _long(frame: pd.DataFrame, prefix: str, target_col: str) -> pd.DataFrame:
@@ -70,8 +61,8 @@ def _long(frame: pd.DataFrame, prefix: str, target_col: str) -> pd.DataFrame:
 
 
 def load_study(
-    study: str, *, models: list[str] | None = None, datasets: list[str] | None = None,
-    select_metric: str = "best/val_bal_acc", select_mode: str = "max",
+    score_runs: pd.DataFrame, finetune_runs: pd.DataFrame, *, models: list[str] | None = None,
+    datasets: list[str] | None = None, select_metric: str = "best/val_bal_acc", select_mode: str = "max",
 ) -> StudyTables:
     """Query the study's score and fine-tune runs and join them per (model, dataset).
 
@@ -80,8 +71,10 @@ def load_study(
     ``models``/``datasets`` restrict the study (None: whatever was tracked); cells without a FINISHED score
     run or fine-tune run are listed in ``missing``.
     """
-    scores = _latest(_finished(f"{study}/score", "tags.split = 'iid'"), ["tags.model", "tags.dataset"])
-    finetune = _finished(f"{study}/finetune")
+    if len(score_runs):
+        score_runs = score_runs[score_runs["tags.split"].isin(["iid", "train"])]
+    scores = _latest(score_runs, ["tags.model", "tags.dataset"])
+    finetune = finetune_runs
     def restrict(frame: pd.DataFrame) -> pd.DataFrame:
         if len(frame) == 0:
             return frame
@@ -93,7 +86,7 @@ def load_study(
         return frame[keep]
 
     scores, finetune = restrict(scores), restrict(finetune)
-    selected = select_trials(finetune, select_metric, select_mode)
+    selected = select_trials(finetune, select_metric, select_mode).drop_duplicates(["tags.model", "tags.dataset"])
     seen_m = set(models or []) | set(scores.get("tags.model", [])) | set(finetune.get("tags.model", []))
     seen_d = set(datasets or []) | set(scores.get("tags.dataset", [])) | set(finetune.get("tags.dataset", []))
     expected = {(m, d) for m in seen_m for d in seen_d}
@@ -101,6 +94,50 @@ def load_study(
     have_ft = set(zip(selected.get("tags.model", []), selected.get("tags.dataset", [])))
     missing = [f"score run (iid) for model={m} dataset={d}" for m, d in sorted(expected - have_scores)]
     missing += [f"fine-tune run for model={m} dataset={d}" for m, d in sorted(expected - have_ft)]
+    return _joined(scores, selected, missing)
+
+
+def manifest_tables(manifest: "Manifest", score_runs: pd.DataFrame, finetune_runs: pd.DataFrame, *,
+                    select_metric: str = "best/val_bal_acc", select_mode: str = "max") -> StudyTables:
+    """The tables of exactly the manifest's cells: each cell's newest FINISHED run (frames of FINISHED runs,
+    newest first). Per (model, dataset) the selected trial's seed replicates are averaged (``selected`` keeps
+    one row per replicate). Cells without a run are listed in ``missing`` by run name."""
+    def of(frame: pd.DataFrame, cells: list) -> tuple[pd.DataFrame, list[str]]:
+        ids = {cell.id for cell in cells}
+        if len(frame) == 0 or "tags.cell" not in frame.columns:
+            return pd.DataFrame(), [c.run_name for c in cells]
+        found = frame[frame["tags.cell"].isin(ids)].drop_duplicates("tags.cell", keep="first")
+        have = set(found["tags.cell"])
+        return found, [c.run_name for c in cells if c.id not in have]
+
+    scores, missing_s = of(score_runs, [c for c in manifest.score if c.split == "train"])
+    _, missing_o = of(score_runs, [c for c in manifest.score if c.split != "train"])
+    finetune, missing_f = of(finetune_runs, manifest.finetune)
+    selected = select_trials(finetune, select_metric, select_mode)
+    missing = [f"score run {n}" for n in missing_s + missing_o] + [f"fine-tune run {n}" for n in missing_f]
+    tables = _joined(scores, _seed_means(selected), missing)
+    tables.selected = selected
+    tables.extra = _extra(score_runs, manifest.ids("score")) + _extra(finetune_runs, manifest.ids("finetune"))
+    return tables
+
+
+def _extra(frame: pd.DataFrame, ids: list[str]) -> int:
+    if len(frame) == 0 or "tags.cell" not in frame.columns:
+        return len(frame)
+    return int((~frame["tags.cell"].isin(set(ids))).sum())
+
+
+def _seed_means(selected: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, dataset): the mean of every metric over the selected trial's seed replicates."""
+    if len(selected) == 0:
+        return selected
+    metrics = [c for c in selected.columns if c.startswith("metrics.")]
+    means = selected.groupby(["tags.model", "tags.dataset"], as_index=False)[metrics].mean()
+    return means.assign(n_seeds=selected.groupby(["tags.model", "tags.dataset"]).size().to_numpy())
+
+
+def _joined(scores: pd.DataFrame, selected: pd.DataFrame, missing: list[str]) -> StudyTables:
+    """Score runs joined with the selected fine-tuning results per (model, dataset)."""
     target = "metrics.test/bal_acc"
     if len(scores) and len(selected):
         joined = scores.merge(selected[["tags.model", "tags.dataset", target]], on=["tags.model", "tags.dataset"], how="inner")
@@ -120,3 +157,30 @@ def load_study(
                     not_applicable.setdefault(name.strip(), set()).add(model)
     return StudyTables(iid=iid, ood=ood, selected=selected, missing=missing, leaks=leaks,
                        not_applicable={k: sorted(v) for k, v in sorted(not_applicable.items())})
+
+
+def study_tables(c: dict) -> StudyTables:
+    """The tables of the study config ``c`` (``analyze.yaml``, ``rank.yaml``: ``study``, the grid, ``select``):
+    exactly its manifest's cells, read from the tracking store; with ``legacy=true``, the newest run per model and
+    dataset (runs tracked before cell schema 2)."""
+    from medxfer import tracking
+    from medxfer.manifest import study_manifest
+
+    study = c["study"]
+    score_runs = tracking.finished_frame(f"{study}/score")
+    finetune_runs = tracking.finished_frame(f"{study}/finetune")
+    select = {"select_metric": c["select"]["metric"], "select_mode": c["select"]["mode"]}
+    if c.get("legacy"):
+        print(f"[analyze] legacy=true: reading the newest FINISHED run per model and dataset of study {study!r}, "
+              "whatever its settings (runs tracked before cell schema 2)", flush=True)
+        return load_study(score_runs, finetune_runs, models=c["models"], datasets=c["datasets"], **select)
+    manifest = study_manifest(c)
+    print(f"[study] {study!r}: manifest of {len(manifest.score)} score and {len(manifest.finetune)} fine-tune cells",
+          flush=True)
+    tables = manifest_tables(manifest, score_runs, finetune_runs, **select)
+    tables.digests = {cell.dataset: cell.data_digest for cell in manifest.score if cell.split == "train"}
+    tables.manifest_id = manifest.id
+    if tables.extra:
+        print(f"[study] {tables.extra} FINISHED run(s) in the study's experiments are not cells of its manifest "
+              "(other settings or data, or an older schema): not read", flush=True)
+    return tables

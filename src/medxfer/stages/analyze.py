@@ -8,19 +8,21 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import mlflow
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from medxfer import tracking
+from medxfer.analysis.baselines import BASELINES, add_baselines
 from medxfer.analysis.correlation import correlate
 from medxfer.analysis.ensembles import EnsembleWarning, add_ensembles, parse_ensembles
-from medxfer.analysis.figures import correlation_figure, save_figure
-from medxfer.analysis.runs import load_study
+from medxfer.analysis.figures import correlation_figure, correlation_figures, save_figure, save_figures
+from medxfer.analysis.ground_truth import ground_truth_reliability, n_params
+from medxfer.analysis.runs import study_tables
+from medxfer.errors import MedxferError
 from medxfer.tracking import cell_run, ensure_experiment, setup_tracking
-from medxfer.tracking.retry import retry_locked
 
 
-class IncompleteStudy(RuntimeError):
+class IncompleteStudy(MedxferError, RuntimeError):
     """The study lacks runs the analysis needs; the message lists them."""
 
 
@@ -41,7 +43,7 @@ def _log_correlations(corr: pd.DataFrame, prefix: str) -> None:
             value = row[stat]
             if pd.notna(value):
                 metrics[f"{prefix}{stat}/{row['dataset']}/{row['score']}"] = float(value)
-    retry_locked(mlflow.log_metrics, metrics)
+    tracking.log_metrics(metrics)
 
 
 def _score_order(table: pd.DataFrame, ensembles: list[str]) -> list[str]:
@@ -55,8 +57,7 @@ def run_analyze(cfg: DictConfig, overrides: list[str] | None = None) -> Analysis
     c = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     setup_tracking(c["tracking"]["uri"])
     study = c["study"]
-    tables = load_study(study, models=c["models"], datasets=c["datasets"],
-                        select_metric=c["select"]["metric"], select_mode=c["select"]["mode"])
+    tables = study_tables(c)
     if tables.missing and not c["allow_incomplete"]:
         raise IncompleteStudy(
             f"study {study!r} is incomplete; missing {len(tables.missing)} run(s):\n  " + "\n  ".join(tables.missing)
@@ -86,7 +87,7 @@ def run_analyze(cfg: DictConfig, overrides: list[str] | None = None) -> Analysis
     for w in caught:  # shown as usual, and kept for the run's warnings.txt
         warnings.warn(w.message, w.category, stacklevel=2)
     ensemble_warnings = [str(w.message) for w in caught if issubclass(w.category, EnsembleWarning)]
-    iid_table = iid_ens.table
+    iid_table, baseline_notes = add_baselines(iid_ens.table, n_params(tables.selected))  # after the ensembles: not in them
     ood_table = ood_ens.table if ood_ens is not None else tables.ood
     fitted = [w.weights.assign(split=split) for split, w in (("iid", iid_ens), ("ood", ood_ens)) if w is not None and len(w.weights)]
     weights = pd.concat(fitted, ignore_index=True) if fitted else pd.DataFrame()
@@ -97,13 +98,18 @@ def run_analyze(cfg: DictConfig, overrides: list[str] | None = None) -> Analysis
     ood = correlate(ood_table, n_boot=boot["n"], seed=boot["seed"]) if len(ood_table) else pd.DataFrame()
     figures_dir = Path(c["figures_dir"])
     experiment_id = ensure_experiment(c["tracking"]["experiment"], c["tracking"].get("artifact_root"))
-    tags = {"stage": "analysis", "study": study, "model": "all", "dataset": "all", "split": "iid+ood", "cell": "analysis"}
+    tags = {"stage": "analysis", "study": study, "model": "all", "dataset": "all", "split": "iid+ood", "cell": "analysis",
+            **({"manifest": tables.manifest_id} if tables.manifest_id else {"manifest": "legacy"})}
     with cell_run(experiment_id, run_name=f"{study}-analysis", tags=tags, config=c, overrides=overrides) as run:
         figures = []
         _log_correlations(iid, "")
-        fig = correlation_figure(iid_table, iid, title=f"{study}: ImageNet-feature scores vs test balanced accuracy",
-                                 target_label="test bal. acc.", scores=_score_order(iid_table, names))
-        figures += save_figure(fig, figures_dir / "correlation_iid")
+        reliability = ground_truth_reliability(study, tables.selected, iid_table, boot, figures_dir,
+                                                _score_order(iid_table, names + list(BASELINES)))
+        figures += reliability.figures
+        figs = correlation_figures(iid_table, iid, title=f"{study}: ImageNet-feature scores vs test balanced accuracy",
+                                   target_label="test bal. acc.", scores=_score_order(iid_table, names + list(BASELINES)),
+                                   errors=reliability.accuracy)
+        figures += save_figures(figs, figures_dir / "correlation_iid")
         if len(ood):
             _log_correlations(ood, "ood_")
             fig = correlation_figure(ood_table, ood, title=f"{study}: fine-tuned-model scores on the OOD set vs OOD balanced accuracy",
@@ -117,27 +123,27 @@ def run_analyze(cfg: DictConfig, overrides: list[str] | None = None) -> Analysis
                 ood_table.to_csv(Path(tmp) / "table_ood.csv", index=False)
             if len(weights):
                 weights.to_csv(Path(tmp) / "ensemble_weights.csv", index=False)
-            retry_locked(mlflow.log_artifacts, tmp, "tables")
+            tracking.log_artifacts(tmp, "tables")
         iid.to_csv(figures_dir / "correlations_iid.csv", index=False)
         if len(ood):
             ood.to_csv(figures_dir / "correlations_ood.csv", index=False)
         if len(weights):
             weights.to_csv(figures_dir / "ensemble_weights.csv", index=False)
         for path in figures:
-            retry_locked(mlflow.log_artifact, str(path), "figures")
-        retry_locked(mlflow.log_params, {"n_models": tables.iid["model"].nunique(), "n_datasets": tables.iid["dataset"].nunique(),
+            tracking.log_artifact(path, "figures")
+        tracking.log_params({"n_models": tables.iid["model"].nunique(), "n_datasets": tables.iid["dataset"].nunique(),
                            "missing_cells": len(tables.missing)})
         if tables.missing:
-            retry_locked(mlflow.log_text, "\n".join(tables.missing) + "\n", "missing.txt")
+            tracking.log_text("\n".join(tables.missing) + "\n", "missing.txt")
         if tables.leaks:
-            retry_locked(mlflow.log_text, "".join(f"model={m} dataset={d}: the weights were trained on data that overlaps "
+            tracking.log_text("".join(f"model={m} dataset={d}: the weights were trained on data that overlaps "
                                                   "the dataset\n" for m, d in tables.leaks), "leaks.txt")
-            retry_locked(mlflow.set_tag, "leaking_cells", ", ".join(f"{m}@{d}" for m, d in tables.leaks))
-        if ensemble_warnings:
-            retry_locked(mlflow.log_text, "\n".join(ensemble_warnings) + "\n", "warnings.txt")
+            tracking.set_tags({"leaking_cells": ", ".join(f"{m}@{d}" for m, d in tables.leaks)})
+        if ensemble_warnings or baseline_notes:
+            tracking.log_text("\n".join(ensemble_warnings + baseline_notes) + "\n", "warnings.txt")
     print(f"[analyze] study {study}: {tables.iid['model'].nunique()} models x {tables.iid['dataset'].nunique()} datasets; "
           f"tau table (in distribution):\n" + iid.pivot(index="dataset", columns="score", values="tau")
-          [_score_order(iid_table, names)].round(2).to_string())
+          [_score_order(iid_table, names + list(BASELINES))].round(2).to_string())
     for m, d in tables.leaks:
         print(f"[analyze] caution: {m} was trained on data that overlaps {d} (model.leaks_into); its {d} row is "
               "not a transfer result", flush=True)

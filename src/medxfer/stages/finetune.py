@@ -1,8 +1,9 @@
 """The fine-tune stage: one Halton trial of one (model, dataset) pair, one MLflow run.
 
 Order of work, so that a bad setup fails before anything expensive: trial and search space checked → tracking
-store reachable → a FINISHED run of the cell skips everything → weights resolved and model built → data read,
-split and checked → fit (resuming from ``last.ckpt`` when an earlier attempt of this cell was interrupted) →
+store reachable → weights resolved, data read, split and checked → the cell (config, data contents, weights) →
+a FINISHED run of it skips everything → model built → fit (resuming from ``last.ckpt`` when an earlier attempt of
+this cell was interrupted) →
 the checkpoint with the lowest validation loss is evaluated on val, test and, where the dataset has one, the
 out-of-distribution set, whose features and new-head probabilities also give the ``ood_score/<name>`` metrics.
 """
@@ -13,6 +14,7 @@ import contextlib
 import logging
 import math
 import signal
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -20,24 +22,28 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import lightning as L
-import mlflow
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from medxfer.errors import MedxferError
 from medxfer.data.datasets import load_dataset
+from medxfer.data.loading import resolve_num_workers
 from medxfer.data.tables import DatasetSplits
 from medxfer.data.transforms import Preprocess, resolve_preprocess
 from medxfer.models.extract import Features, extract_features, quiet_lightning
 from medxfer.digests import file_sha256
+from medxfer.progress import cell_position, show_progress
 from medxfer.scores.registry import split_applicable
 from medxfer.models.zoo import (
     ModelSpec, create_model, model_data_config, model_tags, resolve_weights, state_dict_digest, warn_if_leaking,
 )
 from medxfer.scores.isolated import compute_isolated, single_thread
-from medxfer.stages.score import dataset_identity, model_identity, score_options
-from medxfer.tracking import cell_id, cell_run, ensure_experiment, find_finished_run, reap_dead_runs, setup_tracking
+from medxfer import tracking
+from medxfer.analysis.selection import SELECTION_METRIC, selected_run
+from medxfer.cells import FINETUNE_RESULT_KEYS, digest_store, finetune_cell, table_digest, weights_identity
+from medxfer.scores.options import score_names, score_options
 from medxfer.training.callbacks import MlflowEpochMetrics
 from medxfer.training.checkpoints import (
     BEST, KEEP_CHOICES, LAST, AtomicCheckpointIO, TrialCheckpoints, prune_checkpoints, read_checkpoint,
@@ -46,21 +52,15 @@ from medxfer.training.data import check_trainable, make_loader
 from medxfer.training.halton import halton_trial
 from medxfer.training.metrics import BalancedAccuracy
 from medxfer.training.module import FineTuner
-from medxfer.tracking.retry import retry_locked
+from medxfer.training.predictions import ARTIFACT_DIR, Predictions
 
 log = logging.getLogger(__name__)
 
-#: ``finetune.*`` keys that change what a trial computes; they (with model, dataset, preprocess, trial) make the cell.
-#: The others (keep, checkpoint_dir, accelerator, num_workers, progress) change where or how fast, not what.
-RESULT_KEYS = (
-    "max_epochs", "batch_size", "momentum", "nesterov", "eta_min", "seed", "deterministic", "precision",
-    "lr_bounds", "wd_bounds",
-)
-#: The metric that picks the trial whose checkpoint ``finetune.keep=best`` keeps.
-SELECTION_METRIC = "best/val_bal_acc"
+#: ``finetune.*`` keys that change what a trial computes (the cell's): see medxfer.cells.
+RESULT_KEYS = FINETUNE_RESULT_KEYS
 
 
-class FinetuneConfigError(ValueError):
+class FinetuneConfigError(MedxferError, ValueError):
     """A ``finetune.*`` setting that cannot work."""
 
 
@@ -77,33 +77,21 @@ class FinetuneResult:
     checkpoint: str | None = None
     resumed_from_epoch: int | None = None
     deleted_checkpoints: list[str] = field(default_factory=list)
-
-
-def _training_parts(c: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "stage": "finetune", "model": model_identity(c["model"]), "dataset": dataset_identity(c["dataset"]),
-        "preprocess": c["preprocess"], "finetune": {k: c["finetune"].get(k) for k in RESULT_KEYS},
-    }
-
-
-def sweep_id(c: dict[str, Any]) -> str:
-    """The id shared by all trials of one search (same model, data, preprocessing and training settings)."""
-    return cell_id(_training_parts(c))
-
-
-def finetune_cell_id(c: dict[str, Any]) -> str:
-    """The id of one trial: the search it belongs to plus the trial index."""
-    return cell_id({**_training_parts(c), "trial": c["trial"]})
+    cell: str | None = None
 
 
 def check_finetune_config(ft: dict[str, Any]) -> None:
     """Fail early on settings that cannot work, naming the key."""
     if ft["keep"] not in KEEP_CHOICES:
         raise FinetuneConfigError(f"finetune.keep={ft['keep']!r}; expected one of {list(KEEP_CHOICES)}")
-    for key, least in (("max_epochs", 1), ("batch_size", 1), ("num_workers", 0)):
+    for key, least in (("max_epochs", 1), ("batch_size", 1)):
         value = ft[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise FinetuneConfigError(f"finetune.{key}={value!r}; expected an integer >= {least}")
+    try:
+        resolve_num_workers(ft["num_workers"], option="finetune.num_workers")
+    except ValueError as err:
+        raise FinetuneConfigError(str(err)) from None
     if not ft.get("checkpoint_dir"):
         raise FinetuneConfigError("finetune.checkpoint_dir is not set; it is where a trial's checkpoints go")
 
@@ -113,9 +101,7 @@ def ood_score_names(c: dict[str, Any]) -> list[str]:
     requested = c.get("ood_scores")
     if not c["dataset"].get("ood") or requested == []:
         return []
-    from medxfer.stages.score import score_names
-
-    return score_names(requested)
+    return score_names(requested, where="ood_scores")
 
 
 def run_finetune(
@@ -134,26 +120,28 @@ def run_finetune(
     ood_options = score_options(None, c["model"], names)  # imagenet_top1 from the model config
     # the fine-tuned model always has a head; imagenet_top1 needs the model's published top-1
     names, _ = split_applicable(names, has_source_head=True, options=ood_options)
-    setup_tracking(c["tracking"]["uri"])
-    experiment_id = ensure_experiment(c["tracking"]["experiment"], c["tracking"].get("artifact_root"))
-    reap_dead_runs(experiment_id)
-    cell, sweep = finetune_cell_id(c), sweep_id(c)
-    model_name, dataset_name = c["model"]["name"], c["dataset"]["name"]
-    label = f"[finetune] {model_name} x {dataset_name} trial {trial} (lr={lr:.3g}, wd={wd:.3g})"
-    done = None if c["force"] else find_finished_run(experiment_id, cell)
-    if done:
-        print(f"{label}: done (run {done}), skipping", flush=True)
-        return FinetuneResult(trial, lr, wd, done, skipped=True)
-
+    tracking.setup_tracking(c["tracking"]["uri"])
+    experiment_id = tracking.ensure_experiment(c["tracking"]["experiment"], c["tracking"].get("artifact_root"))
+    tracking.reap_dead_runs(experiment_id)
+    dataset_name = c["dataset"]["name"]
     spec = ModelSpec.from_config(c["model"])
     weights = resolve_weights(spec, cache_dir=c["paths"]["cache_dir"], allow_noncommercial=bool((c.get("zoo") or {}).get("allow_noncommercial")))
+    data = load_dataset(c["dataset"])
+    check_trainable(data)
+    digests = digest_store(c["paths"]["cache_dir"])
+    cell = finetune_cell(c, data, weights_identity(spec, weights, digests), digests)
+    seed = f", seed {ft['seed']}" if ft["seed"] else ""
+    label = f"[finetune{cell_position()}] {cell.run_name} (lr={lr:.3g}, wd={wd:.3g}{seed})"
+    done = None if c["force"] else tracking.finished_runs_of(experiment_id, [cell.id]).get(cell.id)
+    if done:
+        print(f"{label}: done (run {done.info.run_id}), skipping", flush=True)
+        return FinetuneResult(trial, lr, wd, done.info.run_id, skipped=True, cell=cell.id)
+
     model = create_model(spec, weights)
     warn_if_leaking(spec, dataset_name)
     weights_digest = state_dict_digest(model)
-    data = load_dataset(c["dataset"])
-    check_trainable(data)
     preprocess = resolve_preprocess(model_data_config(model, spec), c["preprocess"])
-    checkpoints = TrialCheckpoints(ft["checkpoint_dir"], cell)
+    checkpoints = TrialCheckpoints(ft["checkpoint_dir"], cell.id)
     resume = None if c["force"] else checkpoints.resumable()
     resume_epoch = None
     if resume is not None:
@@ -162,27 +150,38 @@ def run_finetune(
         except (RuntimeError, KeyError, TypeError) as err:  # e.g. truncated when the machine went down
             log.warning("cannot resume from %s (%s); training trial %s from the start", resume, err, trial)
             resume = None
-    if resume is not None:
-        print(f"{label}: resuming from {resume} (epoch {resume_epoch})", flush=True)
-    else:
-        checkpoints.start_fresh()
-        print(f"{label}: starting", flush=True)
-
     tags = {
-        "stage": "finetune", "model": model_name, "dataset": dataset_name, "split": "iid", "study": c["study"],
-        "cell": cell, "sweep": sweep, "trial": str(trial), "weights_source": weights.kind,
+        **cell.tags(), "study": c["study"], "weights_source": weights.kind,
         "weights_digest": weights_digest, "split_digest": data.digest(), **model_tags(spec, dataset_name),
         **{str(k): str(v) for k, v in (c.get("tags") or {}).items()},
     }
     if resume is not None:
         tags["resumed_from_epoch"] = str(resume_epoch)
     t_start = time.perf_counter()
-    with cell_run(experiment_id, run_name=f"{model_name}-{dataset_name}-trial{trial}", tags=tags, config=c,
-                  overrides=overrides) as run:
+    try:
+        claimed = tracking.cell_run(experiment_id, run_name=cell.run_name, tags=tags, config=c, overrides=overrides,
+                                    claim=True)
+        run = claimed.__enter__()
+    except tracking.CellClaimed as err:  # another process has the trial: its checkpoints are left alone
+        print(f"{label}: {err}", flush=True)
+        return FinetuneResult(trial, lr, wd, None, skipped=True, cell=cell.id)
+    with contextlib.ExitStack() as stack:
+        stack.push(claimed)
+        if resume is not None:
+            print(f"{label}: resuming from {resume} (epoch {resume_epoch})", flush=True)
+        else:  # only once the cell is ours
+            checkpoints.start_fresh()
+            print(f"{label}: starting", flush=True)
         _log_inputs(data, preprocess, lr=lr, wd=wd, trial=trial)
+        for context, table in (("training", data.train), ("validation", data.val), ("test", data.test), ("ood", data.ood)):
+            if table is not None:
+                root = (c["dataset"].get("ood") or {}).get("root") if context == "ood" else c["dataset"].get("root")
+                tracking.log_input(table.name, table_digest(table, digests), str(root or table.name), len(table),
+                                   table.class_counts(), context)
+        tracking.log_params({"n_params": _backbone_parameters(model)})  # before the head is replaced
         loaders = {
             split: make_loader(table, preprocess, train=split == "train", batch_size=ft["batch_size"],
-                               num_workers=ft["num_workers"])
+                               num_workers=ft["num_workers"], accelerator=ft["accelerator"])
             for split, table in (("train", data.train), ("val", data.val), ("test", data.test))
         }
         with _training_determinism(ft["deterministic"]):
@@ -197,23 +196,23 @@ def run_finetune(
         _log_final(metrics)
         run_id = run.info.run_id
         kept = checkpoints.keep_as(best_path, run_id)
-        retry_locked(mlflow.set_tags, {"checkpoint_path": str(kept), "checkpoint_digest": file_sha256(kept),
-                         "checkpoint_keep": ft["keep"]})
+        tracking.set_tags({"checkpoint_path": str(kept), "checkpoint_digest": file_sha256(kept),
+                           "checkpoint_keep": ft["keep"]})
     checkpoints.finish(ft["keep"], kept)
-    deleted = _apply_keep(experiment_id, sweep, ft["keep"])
+    deleted = _apply_keep(experiment_id, cell.sweep, ft["keep"])
     summary = ", ".join(f"{k}={metrics[k]:.3f}" for k in ("test/bal_acc", "ood/bal_acc", "best_epoch") if k in metrics)
     print(f"{label}: {summary} in {metrics['time/total_s']:.1f}s", flush=True)
     return FinetuneResult(trial, lr, wd, run_id, skipped=False, metrics=metrics,
                           checkpoint=str(kept) if kept.is_file() else None,
-                          resumed_from_epoch=resume_epoch, deleted_checkpoints=deleted)
+                          resumed_from_epoch=resume_epoch, deleted_checkpoints=deleted, cell=cell.id)
 
 
 def _log_inputs(data: DatasetSplits, preprocess: Preprocess, *, lr: float, wd: float, trial: int) -> None:
     """The trial's hyper-parameters, split sizes, resolved preprocessing and label mapping."""
     splits = [s for s in (data.train, data.val, data.test, data.ood) if s is not None]
-    retry_locked(mlflow.log_dict, {"class_names": list(data.class_names), "label_mapping": data.label_mapping,
+    tracking.log_dict({"class_names": list(data.class_names), "label_mapping": data.label_mapping,
                      "class_counts": {s.name: s.class_counts() for s in splits}}, "labels.json")
-    retry_locked(mlflow.log_params, {
+    tracking.log_params({
         "lr": lr, "wd": wd, "trial": trial, "n_classes": len(data.class_names), "n_train": len(data.train),
         "n_val": len(data.val), "n_test": len(data.test), "n_ood": len(data.ood) if data.ood is not None else 0,
         "preprocess_resolved": str(preprocess.as_dict()),
@@ -258,6 +257,7 @@ def _evaluate(
         test = trainer.test(module, loaders["test"], verbose=False)[0]
     metrics.update({"best/val_loss": val["val/loss"], "best/val_bal_acc": val["val/bal_acc"],
                     "test/bal_acc": test["test/bal_acc"], "test/acc": test["test/acc"], "test/loss": test["test/loss"]})
+    _log_predictions("test", _test_predictions(module, data))
     metrics["time/eval_s"] = time.perf_counter() - t0
     if data.ood is not None:
         t0 = time.perf_counter()
@@ -266,6 +266,7 @@ def _evaluate(
                                      num_workers=ft["num_workers"], accelerator=ft["accelerator"],
                                      progress=ft["progress"])
         metrics.update(_ood_accuracy(feats, len(data.class_names)))
+        _log_predictions("ood", Predictions(np.asarray(data.ood.ids, dtype=str), feats.labels, feats.probs))
         metrics["time/ood_eval_s"] = time.perf_counter() - t0
         with single_thread(bool(ft["deterministic"])):  # as score runs: MKL's threaded reductions vary
             metrics.update(_ood_scores(feats, names, options))
@@ -276,8 +277,8 @@ def _trainer(ft: dict[str, Any], callbacks: list[L.Callback]) -> L.Trainer:
     quiet_lightning()
     return L.Trainer(
         max_epochs=ft["max_epochs"], accelerator=ft["accelerator"], devices=1, precision=ft["precision"],
-        deterministic=ft["deterministic"], logger=False, callbacks=callbacks, enable_progress_bar=ft["progress"],
-        enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1, plugins=[AtomicCheckpointIO()],
+        deterministic=ft["deterministic"], logger=False, callbacks=callbacks,
+        enable_progress_bar=show_progress(ft["progress"], "finetune.progress"), enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1, plugins=[AtomicCheckpointIO()],
     )
 
 
@@ -320,6 +321,29 @@ def _quiet_lightning_warnings() -> Iterator[None]:
         yield
 
 
+def _backbone_parameters(model: torch.nn.Module) -> int:
+    """Parameters of the model without its source head (the part fine-tuning transfers): the n_params baseline."""
+    head = model.get_classifier()
+    in_head = sum(p.numel() for p in head.parameters()) if isinstance(head, torch.nn.Module) else 0
+    return sum(p.numel() for p in model.parameters()) - in_head
+
+
+def _test_predictions(module: FineTuner, data: DatasetSplits) -> Predictions:
+    """The probabilities the test pass computed, one row per test sample in the split's order."""
+    probs = torch.cat([p for p, _ in module.test_predictions]).numpy()
+    labels = torch.cat([y for _, y in module.test_predictions]).numpy().astype(np.int64)
+    if not np.array_equal(labels, data.test.labels):  # the test loader does not shuffle; this guards the ids
+        raise RuntimeError(f"test predictions are not in the order of the test split {data.test.name}")
+    return Predictions(np.asarray(data.test.ids, dtype=str), labels, probs)
+
+
+def _log_predictions(split: str, predictions: Predictions) -> None:
+    """Log ``predictions/<split>.npz``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = predictions.save(Path(tmp) / f"{split}.npz")
+        tracking.log_artifact(path, ARTIFACT_DIR)
+
+
 def _ood_accuracy(feats: Features, n_classes: int) -> dict[str, float]:
     """Balanced accuracy and accuracy of the fine-tuned head on the OOD set, from its probabilities."""
     probs, labels = torch.from_numpy(feats.probs), torch.from_numpy(feats.labels)
@@ -338,11 +362,11 @@ def _ood_scores(feats: Features, names: list[str], options: dict[str, dict[str, 
     out = compute_isolated(feats.features, feats.labels, feats.probs, names, options=options)
     notes = out.notes + [f"ood_score/{k} failed: {v}" for k, v in out.failures.items()]
     if notes:
-        retry_locked(mlflow.log_text, "\n".join(notes) + "\n", "warnings.txt")
+        tracking.log_text("\n".join(notes) + "\n", "warnings.txt")
         for note in notes:
             log.warning("%s", note)
     if out.failures:
-        retry_locked(mlflow.set_tag, "ood_score_errors", ", ".join(sorted(out.failures)))
+        tracking.set_tags({"ood_score_errors": ", ".join(sorted(out.failures))})
     metrics = {f"ood_score/{k}": v for k, v in out.values.items()}
     metrics.update({f"time/ood_score/{k}_s": float(v) for k, v in out.timings.items()})
     return metrics
@@ -352,27 +376,26 @@ def _log_final(metrics: dict[str, float]) -> None:
     finite = {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
     bad = sorted(set(metrics) - set(finite))
     if bad:  # a diverged trial (large lr): NaN losses are a result, not an error
-        retry_locked(mlflow.set_tag, "nonfinite_metrics", ", ".join(bad))
-    retry_locked(mlflow.log_metrics, finite)
+        tracking.set_tags({"nonfinite_metrics": ", ".join(bad)})
+    tracking.log_metrics(finite)
 
 
 def _apply_keep(experiment_id: str, sweep: str, keep: str) -> list[str]:
-    """``keep=best``: delete the checkpoints of the sweep's finished trials except the selected one (highest
-    ``best/val_bal_acc``, then lowest ``best/val_loss``, then lowest trial, then the earliest run: an original
-    run keeps its checkpoint over a reproduction of it)."""
+    """``keep=best``: delete the checkpoints of the sweep's finished trials except the selected one
+    (:func:`medxfer.analysis.selection.select_trials`, the analysis' rule)."""
     if keep != "best":
         return []
-    runs = retry_locked(
-        MlflowClient().search_runs,
-        [experiment_id], filter_string=f"tags.sweep = '{sweep}' and attributes.status = 'FINISHED'", max_results=10_000,
-    )
-    finished = [{
-        "run_id": r.info.run_id, "checkpoint_path": r.data.tags.get("checkpoint_path"),
-        "checkpoint_digest": r.data.tags.get("checkpoint_digest"),
-        "rank": (-r.data.metrics.get(SELECTION_METRIC, -math.inf), r.data.metrics.get("best/val_loss", math.inf),
-                 int(r.data.tags.get("trial", 0)), r.info.start_time),  # a tie goes to the earlier run
-    } for r in runs]
-    if not finished:
+    import pandas as pd
+
+    runs = tracking.search(experiment_id, f"tags.sweep = '{sweep}' and attributes.status = 'FINISHED'")
+    if not runs:
         return []
-    selected = min(finished, key=lambda r: r["rank"])["run_id"]
-    return prune_checkpoints(finished, selected)
+    frame = pd.DataFrame([{
+        "run_id": r.info.run_id, "tags.model": r.data.tags.get("model"), "tags.dataset": r.data.tags.get("dataset"),
+        "tags.trial": r.data.tags.get("trial"), "start_time": pd.Timestamp(r.info.start_time, unit="ms"),
+        f"metrics.{SELECTION_METRIC}": r.data.metrics.get(SELECTION_METRIC),
+        "metrics.best/val_loss": r.data.metrics.get("best/val_loss"),
+    } for r in runs])
+    finished = [{"run_id": r.info.run_id, "checkpoint_path": r.data.tags.get("checkpoint_path"),
+                 "checkpoint_digest": r.data.tags.get("checkpoint_digest")} for r in runs]
+    return prune_checkpoints(finished, selected_run(frame))

@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from medxfer.errors import MedxferError
 from medxfer.analysis.correlation import AnalysisError, UndefinedCorrelation, comparable, correlate
 from medxfer.analysis.ensembles import (
     Ensemble,
@@ -45,19 +45,19 @@ from medxfer.analysis.ensembles import (
     mean_rank,
     mean_zscore,
 )
-from medxfer.analysis.runs import load_study
+from medxfer.analysis.runs import study_tables
 from medxfer.config import config_dir
 from medxfer.scores.isolated import single_thread
+from medxfer import tracking
 from medxfer.tracking import cell_id, cell_run, ensure_experiment, setup_tracking
-from medxfer.tracking.retry import retry_locked
 
 #: Ensembles ``score=`` accepts, with their kind in :mod:`medxfer.analysis.ensembles`.
 ENSEMBLES = {"ens_rank": "rank", "ens_z": "zscore", "ens_linear": "linear"}
-SPLIT = "iid"  # the training split, as the score stage (and the paper) scores it
+SPLIT = "train"  # the training split, as the score stage (and the paper) scores it
 NO_STUDY = "no tracked study"
 
 
-class RankError(ValueError):
+class RankError(MedxferError, ValueError):
     """Bad input to the rank stage; the message says what was expected, what was found and what to do."""
 
 
@@ -98,7 +98,7 @@ def available_models() -> list[str]:
 def model_configs(names: Any) -> dict[str, dict[str, Any]]:
     """Each model's config as ``medxfer-score model=<name>`` composes it, by name; unknown names are an error
     that lists the available ones."""
-    from medxfer.stages.compose import compose_stage
+    from medxfer.config import compose_config
 
     if isinstance(names, str):
         names = [names]
@@ -115,14 +115,14 @@ def model_configs(names: Any) -> dict[str, dict[str, Any]]:
     unknown = [n for n in names if n not in available]
     if unknown:
         raise RankError(f"unknown model config(s) {unknown}; available model configs (conf/model/): {', '.join(available)}")
-    return {n: OmegaConf.to_container(compose_stage("score", [f"model={n}"]).model, resolve=True) for n in names}
+    return {n: OmegaConf.to_container(compose_config("score", [f"model={n}"]).model, resolve=True) for n in names}
 
 
 def score_options(names: list[str], models: dict[str, dict[str, Any]],
                   options: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
     """Per model, the ``options`` of :func:`medxfer.scores.compute_scores`, as the score stage builds them
     (``rank.options``, checked before any work; ``imagenet_top1``'s ``top1`` from each model config)."""
-    from medxfer.stages.score import score_options as stage_score_options
+    from medxfer.scores.options import score_options as stage_score_options
 
     if "imagenet_top1" in names:
         lacking = [m for m, mc in models.items() if mc.get("imagenet_top1") is None]
@@ -190,18 +190,19 @@ class StudyTau:
 
 def study_tau(study: str, score: str, *, ensemble_scores: list[str] | None = None, alpha: float = 1e-3,
               select_metric: str = "best/val_bal_acc", select_mode: str = "max", n_boot: int = 1000,
-              seed: int = 0, iid: pd.DataFrame | None = None) -> StudyTau:
+              seed: int = 0, iid: pd.DataFrame | None = None, manifest_id: str | None = None) -> StudyTau:
     """The tau ``score`` reached in ``study``: from the latest FINISHED run of ``<study>/analysis`` when it has
     that score (for an ensemble: the same kind over the same scores), else computed with :func:`correlate` from
-    the study's score and fine-tune runs (``iid``: that table when the caller has already loaded it);
+    the study's score and fine-tune runs (``iid``: the study's table, :func:`medxfer.analysis.runs.study_tables`;
+    ``manifest_id``: its manifest's, which the analysis run must carry);
     ``missing = "no tracked study"`` when there are none."""
     kind = ENSEMBLES.get(score)
     scores = list(ensemble_scores or []) if kind else []
-    found = _tau_from_analysis(study, score, kind, scores, alpha)
+    found = _tau_from_analysis(study, score, kind, scores, alpha, manifest_id)
     if found is not None:
         return found
     if iid is None:
-        iid = load_study(study, select_metric=select_metric, select_mode=select_mode).iid
+        return StudyTau(study, missing=NO_STUDY)
     return _tau_from_runs(iid, study, score, kind, scores, alpha, n_boot, seed)
 
 
@@ -222,15 +223,16 @@ def _quiet_downloads():
 
 def _download(run_id: str, path: str, tmp: str) -> str:
     with _quiet_downloads():
-        return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=tmp)
+        return tracking.download_artifact(run_id, path, tmp)
 
 
-def _tau_from_analysis(study: str, score: str, kind: str | None, scores: list[str], alpha: float) -> StudyTau | None:
-    experiment = f"{study}/analysis"
-    if mlflow.get_experiment_by_name(experiment) is None:
+def _tau_from_analysis(study: str, score: str, kind: str | None, scores: list[str], alpha: float,
+                       manifest_id: str | None) -> StudyTau | None:
+    """The tau of the newest analysis run of exactly the study's manifest (same cells), if it has ``score``."""
+    runs = tracking.finished_frame(f"{study}/analysis")
+    if not len(runs) or manifest_id is None or "tags.manifest" not in runs.columns:
         return None
-    runs = retry_locked(mlflow.search_runs, experiment_names=[experiment], filter_string="attributes.status = 'FINISHED'",
-                        order_by=["attributes.start_time DESC"], max_results=1)
+    runs = runs[runs["tags.manifest"] == manifest_id]
     if not len(runs):
         return None
     run = runs.iloc[0]
@@ -390,8 +392,13 @@ def run_rank(cfg: DictConfig, overrides: list[str] | None = None) -> RankResult:
     n_classes = int(len(np.unique(table.labels)))
     sel, boot = c["select"], c["bootstrap"]
     # ens_linear reads the study once: for its weights here, and for the tau when no analysis run has it
-    study_iid = load_study(study, select_metric=sel["metric"], select_mode=sel["mode"]).iid if kind == "linear" else None
+    study_iid, excluded, other_settings, manifest_id = _study_iid(c, table)
+    if other_settings and kind == "linear":
+        raise RankError(f"score=ens_linear: {other_settings}")
     pooling = linear_weights(study, study_iid, names, alpha=float(r["alpha"])) if kind == "linear" else None
+    if excluded:
+        print(f"[rank] the ranked data is dataset {', '.join(excluded)} of study {study!r} (same contents): left out of "
+              "the study table the tau and ens_linear's weights come from", flush=True)
     print(f"[rank] dataset {dataset_name}{where}: {SPLIT} (training) split, {len(table)} images, {n_classes} classes; "
           f"{len(models)} model(s), score {score}" + (f" of {names}" if kind else ""), flush=True)
 
@@ -418,9 +425,10 @@ def run_rank(cfg: DictConfig, overrides: list[str] | None = None) -> RankResult:
                 print(f"[rank] {i}/{len(specs)} {m}: {shown} (features "
                       f"{'from the cache' if cached[m] else 'extracted'}, {time.perf_counter() - t0:.1f} s)", flush=True)
             ranked = _rank_table(values, names, score, kind, pooling, dataset_name)
-            tau = study_tau(study, score, ensemble_scores=names if kind else None, alpha=float(r["alpha"]),
+            tau = StudyTau(study, missing=other_settings) if other_settings else \
+                study_tau(study, score, ensemble_scores=names if kind else None, alpha=float(r["alpha"]),
                             select_metric=sel["metric"], select_mode=sel["mode"], n_boot=int(boot["n"]),
-                            seed=int(boot["seed"]), iid=study_iid)
+                            seed=int(boot["seed"]), iid=study_iid, manifest_id=manifest_id)
         for w in caught:  # other warnings are shown as usual
             if not issubclass(w.category, ours):
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -436,7 +444,81 @@ def run_rank(cfg: DictConfig, overrides: list[str] | None = None) -> RankResult:
     print(result.report(), flush=True)
     best = result.best[0] if len(result.best) == 1 else " and ".join(result.best) + f" (tied on {score})"
     print(f"[rank] best: {best}. MLflow run {result.run_id} in experiment {experiment}", flush=True)
+    caution = trust_caution(tau, score)
+    if caution:
+        print(f"[rank] caution: {caution}", flush=True)
     return result
+
+
+def trust_caution(tau: "StudyTau", score: str) -> str | None:
+    """A sentence of caution when the study gives no reason to trust ``score``'s ranking: no tau, a negative tau,
+    or an interval that covers 0 (indistinguishable from a random ranking)."""
+    if tau.missing or tau.tau is None or not math.isfinite(tau.tau):
+        return (f"there is no measured tau for {score} under these settings, so nothing says this ranking predicts "
+                "fine-tuned accuracy; fine-tune the top models before choosing")
+    if tau.tau < 0:
+        return (f"in study {tau.study!r}, {score} ranked models opposite to their fine-tuned accuracy (tau "
+                f"{tau.tau:.2f}); do not choose by this ranking")
+    if tau.tau_lo is not None and math.isfinite(tau.tau_lo) and tau.tau_lo <= 0:
+        return (f"in study {tau.study!r}, {score}'s tau {tau.tau:.2f} has an interval [{tau.tau_lo:.2f}, "
+                f"{tau.tau_hi:.2f}] that covers 0: indistinguishable from a random ranking; fine-tune the top models "
+                "before choosing")
+    return None
+
+
+def _study_iid(c: dict[str, Any], table: Any) -> tuple[pd.DataFrame | None, list[str], str | None, str | None]:
+    """The study's in-distribution table (its manifest's cells) without the dataset being ranked, matched by the
+    content digest of its training split (ens_linear must not fit its weights on the accuracies it is judged by);
+    None when the study has no tracked runs. The third value says why the study's numbers do not apply (it scored
+    with other preprocessing or score options than this ranking), else None."""
+    from medxfer.cells import digest_store, table_digest
+
+    from medxfer.config import compose_config
+    from medxfer.manifest import common_overrides
+
+    try:  # the study's grid as medxfer-analyze composes it (rank.study_overrides: e.g. [experiment=paper])
+        study = OmegaConf.to_container(
+            compose_config("analyze", [*common_overrides(c), *(c["rank"].get("study_overrides") or [])]), resolve=True)
+        other = _other_settings(c, study)
+        if other:
+            return None, [], other, None
+        tables = study_tables(study)
+    except Exception as err:  # noqa: BLE001 - a study that cannot be read gives no tau, not a failed ranking
+        print(f"[rank] cannot read study {c['study']!r} ({type(err).__name__}: {err}); no tau", flush=True)
+        return None, [], None, None
+    if not len(tables.iid):
+        return None, [], None, tables.manifest_id
+    mine = table_digest(table, digest_store(c["paths"]["cache_dir"]))
+    excluded = sorted(d for d, digest in tables.digests.items() if digest == mine)
+    iid = tables.iid[~tables.iid["dataset"].isin(excluded)]
+    return iid, excluded, None, tables.manifest_id
+
+
+def _other_settings(c: dict[str, Any], study: dict[str, Any]) -> str | None:
+    """Why the study's taus are not this ranking's: the study's score cells used other preprocessing or non-default
+    score options (compared on the study's first cell, as composed for it); None when they agree."""
+    from medxfer.config import compose_config
+    from medxfer.manifest import score_overrides
+    from medxfer.scores.options import non_default_options, score_names
+    from medxfer.scores.options import score_options as checked
+
+    if not study["models"] or not study["datasets"]:
+        return None
+    sc = OmegaConf.to_container(compose_config("score", score_overrides(study, study["models"][0], study["datasets"][0])),
+                                resolve=True)
+    if sc["preprocess"] != c["preprocess"]:
+        def shown(p: dict[str, Any]) -> str:
+            return " ".join(f"preprocess.{k}={v}" for k, v in p.items() if v is not None) or "timm's defaults"
+
+        return (f"study {c['study']!r} scored with {shown(sc['preprocess'])}, this ranking with "
+                f"{shown(c['preprocess'])}: the study's tau is not this ranking's; pass the study's preprocessing "
+                "(e.g. preprocess=small for the default study) to rank as it scored")
+    names = score_names(sc["score"]["names"])
+    theirs = non_default_options(checked(sc["score"].get("options"), sc["model"], names))
+    mine = non_default_options(c["rank"].get("options") or {})
+    if any(theirs.get(k) != v for k, v in mine.items()) or any(mine.get(k) != v for k, v in theirs.items()):
+        return f"study {c['study']!r} scored with score options {theirs}, this ranking with {mine}: no tau for them"
+    return None
 
 
 def _split_features(spec, weights, table, dataset_name: str, c: dict[str, Any], cache, *, progress: str):
@@ -444,13 +526,15 @@ def _split_features(spec, weights, table, dataset_name: str, c: dict[str, Any], 
     ``medxfer-score`` scored is reused). Returns ``(features, cached)``."""
     from medxfer.data.transforms import resolve_preprocess
     from medxfer.models.zoo import create_model, model_data_config, state_dict_digest
-    from medxfer.stages.score import split_features
+    from medxfer.cells import digest_store, table_digest
+    from medxfer.models.features import split_features
 
     model = create_model(spec, weights)
     preprocess = resolve_preprocess(model_data_config(model, spec), c["preprocess"])
     print(f"{progress}: features of {len(table)} images ({preprocess.input_size} px), cached or extracted", flush=True)
-    return split_features(model, spec, state_dict_digest(model), table, dataset_name, SPLIT, preprocess, cache,
-                          c["extract"])
+    data_digest = table_digest(table, digest_store(c["paths"]["cache_dir"]))
+    return split_features(model, spec, state_dict_digest(model), table, data_digest, dataset_name, SPLIT, preprocess,
+                          cache, c["extract"])
 
 
 def _compute(feats, labels, names: list[str], device: str | None, options: dict, model: str) -> dict[str, float]:
@@ -489,7 +573,7 @@ def _rank_table(values: dict[str, dict[str, float]], names: list[str], score: st
 
 def _log(ranked: pd.DataFrame, tau: StudyTau, pooling: pd.Series | None, notes: list[str], *, n_samples: int,
          n_classes: int) -> None:
-    retry_locked(mlflow.log_params, {"n_samples": n_samples, "n_classes": n_classes, "n_models": len(ranked)})
+    tracking.log_params({"n_samples": n_samples, "n_classes": n_classes, "n_models": len(ranked)})
     metrics = {}
     for _, row in ranked.iterrows():
         metrics[f"rank/{row['model']}"] = float(row["rank"])
@@ -498,11 +582,11 @@ def _log(ranked: pd.DataFrame, tau: StudyTau, pooling: pd.Series | None, notes: 
         value = getattr(tau, name)
         if value is not None and math.isfinite(value):
             metrics[f"study/{name}"] = float(value)
-    retry_locked(mlflow.log_metrics, metrics)
-    retry_locked(mlflow.set_tags, {"best_model": ",".join(ranked.loc[ranked["rank"] == 1, "model"].astype(str)),
+    tracking.log_metrics(metrics)
+    tracking.set_tags({"best_model": ",".join(ranked.loc[ranked["rank"] == 1, "model"].astype(str)),
                                    "tau_source": tau.source or tau.missing or ""})
-    retry_locked(mlflow.log_text, ranked.to_csv(index=False), "rank.csv")
+    tracking.log_text(ranked.to_csv(index=False), "rank.csv")
     if notes:
-        retry_locked(mlflow.log_text, "\n".join(notes) + "\n", "warnings.txt")
+        tracking.log_text("\n".join(notes) + "\n", "warnings.txt")
     if pooling is not None:
-        retry_locked(mlflow.log_text, pooling.rename("weight").to_frame().to_csv(), "ensemble_weights.csv")
+        tracking.log_text(pooling.rename("weight").to_frame().to_csv(), "ensemble_weights.csv")

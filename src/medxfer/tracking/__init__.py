@@ -1,17 +1,37 @@
-"""MLflow tracking: store setup, run schema, finished-cell lookups, Hydra callbacks."""
+"""The tracker: the only writer to MLflow. Store setup, the run schema (a cell's run, its tags, params and
+artifacts, environment tags), retries on a locked store, and the queries the stages and the analysis make."""
 
 from medxfer.tracking.store import (
+    CellClaimed,
     TrackingError,
+    active_run_id,
     cell_id,
     cell_run,
+    download_artifact,
     ensure_experiment,
     environment_tags,
     find_finished_run,
+    finished_frame,
+    finished_runs_of,
+    get_run,
+    list_artifacts,
+    log_artifact,
+    log_artifacts,
+    log_dict,
+    log_input,
+    log_metrics,
+    log_params,
+    log_text,
     reap_dead_runs,
+    search,
+    search_all,
+    set_run_tag,
+    set_tags,
     setup_tracking,
 )
 
 __all__ = [
-    "TrackingError", "cell_id", "cell_run", "ensure_experiment", "environment_tags", "find_finished_run", "reap_dead_runs",
-    "setup_tracking",
+    "CellClaimed", "TrackingError", "active_run_id", "cell_id", "cell_run", "download_artifact", "finished_frame", "ensure_experiment", "environment_tags",
+    "find_finished_run", "get_run", "list_artifacts", "finished_runs_of", "log_artifact", "log_artifacts", "log_dict", "log_input", "log_metrics",
+    "log_params", "log_text", "reap_dead_runs", "search", "search_all", "set_run_tag", "set_tags", "setup_tracking",
 ]

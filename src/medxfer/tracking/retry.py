@@ -15,6 +15,8 @@ import random
 import time
 from typing import Any, Callable, TypeVar
 
+from medxfer.errors import ConfigError, MedxferError
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -25,9 +27,11 @@ LOCK_MESSAGES = ("database is locked", "database table is locked", "database sch
 DEFAULT_ATTEMPTS = 12
 FIRST_DELAY_S = 0.05
 MAX_DELAY_S = 3.0
+#: Retrying longer than this (in all) prints a warning line saying what the command waits for.
+LOUD_AFTER_S = 3.0
 
 
-class TrackingLocked(RuntimeError):
+class TrackingLocked(MedxferError, RuntimeError):
     """The tracking store stayed locked through every retry."""
 
 
@@ -51,9 +55,9 @@ def _attempts() -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise ValueError(f"MEDXFER_TRACKING_RETRIES must be a whole number of tries, got {raw!r}") from None
+        raise ConfigError(f"MEDXFER_TRACKING_RETRIES must be a whole number of tries, got {raw!r}") from None
     if value < 1:
-        raise ValueError(f"MEDXFER_TRACKING_RETRIES must be at least 1, got {value}")
+        raise ConfigError(f"MEDXFER_TRACKING_RETRIES must be at least 1, got {value}")
     return value
 
 
@@ -64,6 +68,7 @@ def retry_locked(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """
     attempts = _attempts()
     delay = FIRST_DELAY_S
+    waited = 0.0
     for attempt in range(1, attempts + 1):
         try:
             return fn(*args, **kwargs)
@@ -78,7 +83,12 @@ def retry_locked(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
                     "MEDXFER_TRACKING_RETRIES, or use tracking=server / tracking=postgres"
                 ) from err
             pause = min(delay, MAX_DELAY_S) * random.uniform(0.5, 1.5)
-            log.info("tracking store locked (try %d of %d), retrying in %.2f s", attempt, attempts, pause)
+            # short waits (parallel workers take turns) stay quiet; once the wait adds up, say what it waits for
+            loud = waited < LOUD_AFTER_S <= waited + pause
+            (log.warning if loud else log.info)(
+                "the tracking store is locked by another writer: %s waited %.1f s so far (try %d of %d); retrying",
+                getattr(fn, "__qualname__", None) or type(fn).__qualname__, waited + pause, attempt, attempts)
+            waited += pause
             time.sleep(pause)
             delay *= 2
     raise AssertionError("unreachable")  # pragma: no cover

@@ -6,6 +6,7 @@ Only this module talks to the tracking store directly; the stages call these fun
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -22,7 +23,10 @@ from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from medxfer.interrupts import as_interrupted, mark_during
+from medxfer.tracking.location import check_sqlite_store, check_uri, default_artifact_root, sqlite_path
 from medxfer.tracking.retry import retry_locked
+from medxfer.errors import MedxferError
 from medxfer.tracking.secrets import redact, redact_text
 
 log = logging.getLogger(__name__)
@@ -30,21 +34,25 @@ log = logging.getLogger(__name__)
 VERSIONED_PACKAGES = ("torch", "torchvision", "timm", "lightning", "mlflow", "numpy", "scikit-learn", "medxfer")
 
 
-class TrackingError(RuntimeError):
+class TrackingError(MedxferError, RuntimeError):
     """The tracking store cannot be reached or used."""
 
 
-def setup_tracking(uri: str) -> str:
+def setup_tracking(uri: str, *, create: bool | None = None) -> str:
     """Point MLflow at ``uri`` and check that the store answers, before any work starts.
 
-    A ``sqlite:///`` URI gets its folder created. Returns the URI.
+    A ``sqlite:///`` URI must name a writable location; its folder is created only with ``create=True``, or by
+    default when it is the project's ``mlruns/`` folder (see :func:`medxfer.tracking.location.check_sqlite_store`).
+    Returns the URI.
     """
     for noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     parsed = urlparse(uri)
+    check_uri(uri)
     if parsed.scheme == "sqlite":
-        db_path = Path(uri[len("sqlite:///"):])
-        db_path.parent.mkdir(parents=True, exist_ok=True)
+        db_path = sqlite_path(uri)
+        if db_path is not None:
+            check_sqlite_store(db_path, create=create)
     if parsed.scheme in ("http", "https"):
         _check_server(uri)
     mlflow.set_tracking_uri(uri)
@@ -73,12 +81,14 @@ def _check_server(uri: str, timeout: float = 5.0) -> None:
 
 
 def ensure_experiment(name: str, artifact_root: str | None) -> str:
-    """The id of experiment ``name``, created (with artifacts under ``artifact_root/<name>``) if missing.
+    """The id of experiment ``name``, created (with artifacts under ``artifact_root/<name>``) if missing; a
+    null ``artifact_root`` puts a SQLite store's artifacts beside it (``<db folder>/artifacts``).
 
     Safe when several processes race to create it: the loser reads the winner's experiment.
     """
     client = MlflowClient()
     exp = client.get_experiment_by_name(name)
+    artifact_root = artifact_root or default_artifact_root(mlflow.get_tracking_uri())
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             raise TrackingError(f"experiment {name!r} is deleted in the tracking store; restore it or use another study=")
@@ -153,7 +163,13 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def environment_tags() -> dict[str, str]:
-    """Package versions and the git commit (and whether the tree was dirty), for reproduction."""
+    """Package versions and the git commit (and whether the tree was dirty), for reproduction; computed once
+    per process (a sweep's jobs in one process share them)."""
+    return dict(_environment_tags())
+
+
+@functools.lru_cache(maxsize=1)
+def _environment_tags() -> dict[str, str]:
     tags = {}
     for pkg in VERSIONED_PACKAGES:
         try:
@@ -172,27 +188,61 @@ def environment_tags() -> dict[str, str]:
     return tags
 
 
+class CellClaimed(MedxferError, RuntimeError):
+    """Another process runs (or has just finished) the cell: this one leaves it alone."""
+
+
+def _claim(experiment_id: str, run: Any, cell: str, *, finished_counts: bool) -> str | None:
+    """Arbitrate a cell between processes through the store: every contender first creates its RUNNING run, then
+    looks. The earliest RUNNING run of the cell (start time, then run id) owns it, and a FINISHED run (unless
+    ``finished_counts`` is false: ``force=true``) means the work is done. Returns who has the cell, or None when it
+    is ours. A claim of a dead process of this host was already reaped (:func:`reap_dead_runs`)."""
+    mine = (run.info.start_time, run.info.run_id)
+    rivals = search(experiment_id, f"tags.cell = '{cell}' and attributes.status = 'RUNNING'")
+    earlier = sorted((r.info.start_time, r.info.run_id, r) for r in rivals
+                     if (r.info.start_time, r.info.run_id) < mine and r.info.run_id != run.info.run_id)
+    if earlier:
+        other = earlier[0][2]
+        return (f"run {other.info.run_id} (host {other.data.tags.get('host', '?')}, pid {other.data.tags.get('pid', '?')}) "
+                "is running it")
+    if finished_counts:
+        done = search(experiment_id, f"tags.cell = '{cell}' and attributes.status = 'FINISHED'", max_results=1)
+        if done:
+            return f"run {done[0].info.run_id} has just finished it"
+    return None
+
+
 @contextlib.contextmanager
 def cell_run(
     experiment_id: str, *, run_name: str, tags: dict[str, str], config: dict[str, Any],
-    overrides: list[str] | None = None,
+    overrides: list[str] | None = None, claim: bool = False,
 ) -> Iterator[mlflow.ActiveRun]:
     """Start a run with the schema's tags, config artifacts and flattened params; end it FINISHED on success,
     FAILED on an error (the message kept in the ``error`` tag) and KILLED on Ctrl-C, never left RUNNING.
 
-    Credentials in ``config`` (a password inside a URI, a ``password``/``token`` key) are masked before logging."""
+    With ``claim`` (and a ``cell`` tag), the run is the cell's claim: when another process holds the cell (an
+    earlier RUNNING run of it, or a FINISHED one unless ``config['force']``), the new run is deleted and
+    :class:`CellClaimed` is raised before any work. Credentials in ``config`` (a password inside a URI, a
+    ``password``/``token`` key) are masked before logging."""
     config = redact(config)
     overrides = redact(list(overrides or []))
     owner = {"host": socket.gethostname(), "pid": str(os.getpid())}
     run = retry_locked(mlflow.start_run, experiment_id=experiment_id, run_name=run_name, tags={**environment_tags(), **owner, **tags})
+    if claim and tags.get("cell"):
+        holder = _claim(experiment_id, run, tags["cell"], finished_counts=not config.get("force"))
+        if holder is not None:
+            retry_locked(mlflow.end_run, RunStatus.to_string(RunStatus.KILLED))
+            retry_locked(MlflowClient().delete_run, run.info.run_id)
+            raise CellClaimed(f"{run_name}: {holder}; leaving the cell to it")
     try:
         retry_locked(mlflow.log_dict, config, "config.yaml")
         retry_locked(mlflow.log_dict, {"overrides": list(overrides or [])}, "overrides.yaml")
         params = {k: str(v)[:500] for k, v in flatten(config).items() if not k.startswith("hydra.")}
         retry_locked(mlflow.log_params, params)
         yield run
-    except KeyboardInterrupt:
-        retry_locked(mlflow.set_tag, "error", "interrupted (KeyboardInterrupt)")
+    except KeyboardInterrupt as err:
+        mark_during(err, run_name)
+        retry_locked(mlflow.set_tag, "error", f"interrupted ({as_interrupted(err).signal_name})")
         retry_locked(mlflow.end_run, RunStatus.to_string(RunStatus.KILLED))
         raise
     except BaseException as err:
@@ -202,3 +252,141 @@ def cell_run(
         raise
     else:
         retry_locked(mlflow.end_run, RunStatus.to_string(RunStatus.FINISHED))
+
+
+# Writes to the active run. Every stage logs through these (never through mlflow directly), so that retries on
+# a locked SQLite store and the run schema live here.
+
+def active_run_id() -> str | None:
+    """The id of the run a ``cell_run`` block opened, or None outside one."""
+    run = mlflow.active_run()
+    return run.info.run_id if run is not None else None
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    """Metrics of the active run (none: nothing is written)."""
+    if metrics:
+        retry_locked(mlflow.log_metrics, metrics, step=step)
+
+
+def log_params(params: dict[str, Any]) -> None:
+    """Params of the active run."""
+    if params:
+        retry_locked(mlflow.log_params, params)
+
+
+def set_tags(tags: dict[str, str]) -> None:
+    """Tags of the active run."""
+    if tags:
+        retry_locked(mlflow.set_tags, tags)
+
+
+def log_dict(value: dict[str, Any], artifact_file: str) -> None:
+    """A JSON or YAML artifact of the active run (by ``artifact_file``'s suffix)."""
+    retry_locked(mlflow.log_dict, value, artifact_file)
+
+
+def log_text(text: str, artifact_file: str) -> None:
+    """A text artifact of the active run."""
+    retry_locked(mlflow.log_text, text, artifact_file)
+
+
+def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
+    """A file as an artifact of the active run."""
+    retry_locked(mlflow.log_artifact, str(path), artifact_path)
+
+
+def log_artifacts(folder: str | Path, artifact_path: str | None = None) -> None:
+    """A folder's files as artifacts of the active run."""
+    retry_locked(mlflow.log_artifacts, str(folder), artifact_path)
+
+
+def set_run_tag(run_id: str, key: str, value: str) -> None:
+    """A tag of a run other than the active one (e.g. marking a trial's checkpoint as pruned)."""
+    retry_locked(MlflowClient().set_tag, run_id, key, value)
+
+
+def search(experiment_id: str, filter_string: str, max_results: int = 10_000) -> list[Any]:
+    """Runs of an experiment matching ``filter_string`` (MLflow's search syntax), retried when locked."""
+    return retry_locked(MlflowClient().search_runs, [experiment_id], filter_string=filter_string,
+                        max_results=max_results)
+
+
+def finished_runs_of(experiment_id: str, cells: list[str]) -> dict[str, Any]:
+    """The newest FINISHED run of each cell id in ``cells``: ``{cell: run}``. MLflow's search has no ``IN`` for
+    tags: a few cells are asked for one by one, many by reading the experiment's FINISHED runs once."""
+    wanted = set(cells)
+    if len(wanted) <= 8:
+        runs = [r for cell in sorted(wanted)
+                for r in search(experiment_id, f"tags.cell = '{cell}' and attributes.status = 'FINISHED'")]
+    else:
+        runs = search_all(experiment_id, "attributes.status = 'FINISHED'")
+    found: dict[str, Any] = {}
+    for run in runs:
+        cell = run.data.tags.get("cell")
+        if cell in wanted and (cell not in found or run.info.start_time > found[cell].info.start_time):
+            found[cell] = run
+    return found
+
+
+def search_all(experiment_id: str, filter_string: str) -> list[Any]:
+    """Every run of an experiment matching ``filter_string``, page by page."""
+    client, runs, token = MlflowClient(), [], None
+    while True:
+        page = retry_locked(client.search_runs, [experiment_id], filter_string=filter_string, max_results=10_000,
+                            page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def finished_frame(experiment: str) -> "Any":
+    """Every FINISHED run of the experiment named ``experiment`` as a DataFrame (``run_id``, ``start_time``,
+    ``tags.*``, ``params.*``, ``metrics.*``; newest first), empty when the experiment does not exist."""
+    import pandas as pd
+
+    exp = retry_locked(MlflowClient().get_experiment_by_name, experiment)
+    if exp is None:
+        return pd.DataFrame()
+    return retry_locked(mlflow.search_runs, experiment_ids=[exp.experiment_id],
+                        filter_string="attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"])
+
+
+def download_artifact(run_id: str, path: str, dest: str | Path) -> str:
+    """Download the artifact ``path`` of run ``run_id`` into ``dest``; returns the local path."""
+    return retry_locked(MlflowClient().download_artifacts, run_id, path, str(dest))
+
+
+def list_artifacts(run_id: str, path: str | None = None) -> list[str]:
+    """The artifact paths of run ``run_id`` under ``path`` (one level)."""
+    return [a.path for a in retry_locked(MlflowClient().list_artifacts, run_id, path)]
+
+
+def get_run(run_id: str) -> Any:
+    """The run ``run_id`` (its info and data), or None when the store has no such run."""
+    try:
+        return retry_locked(MlflowClient().get_run, run_id)
+    except MlflowException:
+        return None
+
+
+def log_input(name: str, digest: str, location: str, n_samples: int, class_counts: dict[str, int],
+              context: str) -> None:
+    """Record a split the active run read as an MLflow dataset input (the UI's Dataset column and dataset pages):
+    its name, content digest, where it was read from, its size and classes. Only metadata is logged."""
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    class _SplitDataset(MetaDataset):
+        def to_dict(self) -> dict[str, str]:
+            config = super().to_dict()
+            config["profile"] = json.dumps({"num_rows": n_samples, "classes": class_counts})
+            return config
+
+        @property
+        def profile(self) -> dict[str, Any]:
+            return {"num_rows": n_samples, "classes": class_counts}
+
+    dataset = _SplitDataset(LocalArtifactDatasetSource(location), name=name, digest=digest[:16])
+    retry_locked(mlflow.log_input, dataset, context=context)

@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
+from medxfer import tracking
 from medxfer.tracking import environment_tags, setup_tracking
 
 # tags whose change makes a reproduction suspect: code, libraries, weights and data
@@ -48,18 +47,20 @@ class Comparison:
         return "\n".join(lines)
 
 
-def load_logged_config(client: MlflowClient, run_id: str) -> dict[str, Any]:
+def load_logged_config(run_id: str) -> dict[str, Any]:
     """The resolved config a run logged as ``config.yaml``."""
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            path = client.download_artifacts(run_id, "config.yaml", tmp)
-        except (MlflowException, OSError) as err:
+            path = tracking.download_artifact(run_id, "config.yaml", tmp)
+        except Exception as err:  # noqa: BLE001 - MLflow and the artifact store raise several kinds
             raise ValueError(f"run {run_id} has no readable config.yaml artifact ({err}); only medxfer runs can be reproduced") from None
         return yaml.safe_load(Path(path).read_text())
 
 
-def compare_runs(client: MlflowClient, original: str, new: str, tolerance: float) -> Comparison:
-    a, b = client.get_run(original), client.get_run(new)
+def compare_runs(original: str, new: str, tolerance: float) -> Comparison:
+    """Every metric of run ``original`` against run ``new`` (wall-clock times left out), and the provenance tags
+    that differ."""
+    a, b = tracking.get_run(original), tracking.get_run(new)
     names = sorted(set(a.data.metrics) | set(b.data.metrics))
     rows = []
     for name in names:
@@ -79,20 +80,19 @@ def reproduce(run_id: str, overrides: list[str] | None = None, *, tracking_uri: 
               tolerance: float | None = None) -> Comparison:
     """Re-run the cell of ``run_id`` into a new run tagged ``reproduces=<run_id>`` and compare metrics.
 
-    Score runs must match exactly (tolerance 0); fine-tune runs within ``tolerance`` (default 0 when the run
-    was deterministic, else 0.05 absolute on each metric).
+    A score run is recomputed from the images (the feature cache is neither read nor written) and must match
+    exactly (tolerance 0); fine-tune runs within ``tolerance`` (default 0 when the run was deterministic, else
+    0.05 absolute on each metric).
     """
     from medxfer.config import project_root
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root()}/mlruns/mlflow.db"
     setup_tracking(uri)
-    client = MlflowClient()
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        raise ValueError(f"no run {run_id!r} in the tracking store {uri}") from None
+    run = tracking.get_run(run_id)
+    if run is None:
+        raise ValueError(f"no run {run_id!r} in the tracking store {uri}")
     stage = run.data.tags.get("stage")
-    config = load_logged_config(client, run_id)
+    config = load_logged_config(run_id)
     cfg = OmegaConf.create(config)
     cfg.merge_with_dotlist(list(overrides or []))
     cfg.tracking.uri = uri
@@ -103,7 +103,7 @@ def reproduce(run_id: str, overrides: list[str] | None = None, *, tracking_uri: 
         from medxfer.stages.score import run_score
 
         cfg.splits = [run.data.tags["split"]]
-        results = run_score(cfg)
+        results = run_score(cfg, use_cache=False)  # recompute: the forward pass runs, the feature cache is not read
         new_id = results[0].run_id
         tol = 0.0 if tolerance is None else tolerance
     elif stage == "finetune":
@@ -114,7 +114,7 @@ def reproduce(run_id: str, overrides: list[str] | None = None, *, tracking_uri: 
         tol = tolerance if tolerance is not None else (0.0 if deterministic else 0.05)
     else:
         raise ValueError(f"run {run_id} has stage={stage!r}; medxfer-reproduce handles score and finetune runs")
-    comparison = compare_runs(client, run_id, new_id, tol)
+    comparison = compare_runs(run_id, new_id, tol)
     for key, value in current.items():  # also warn about the environment of this process vs the original
         old = run.data.tags.get(key)
         if old is not None and old != value and not any(key in w for w in comparison.warnings):

@@ -13,7 +13,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from medxfer.stages.compose import compose_stage
+from medxfer.progress import counting
+from medxfer.config import compose_config
+from medxfer.manifest import common_overrides, finetune_overrides, grid, score_overrides
 
 
 @dataclass
@@ -25,18 +27,8 @@ class StudyReport:
     outputs: dict[str, Any] = field(default_factory=dict)
 
 
-def _common(c: dict[str, Any]) -> list[str]:
-    return [
-        f"study={c['study']}",
-        f"force={str(c['force']).lower()}",
-        f"paths.root_dir={c['paths']['root_dir']}",
-        f"paths.data_dir={c['paths']['data_dir']}",
-        f"paths.cache_dir={c['paths']['cache_dir']}",
-        f"paths.output_dir={c['paths']['output_dir']}",
-        f"tracking.uri={c['tracking']['uri']}",
-        # a None written as "None" would reach the stages as the string 'None'
-        f"tracking.artifact_root={'null' if c['tracking']['artifact_root'] is None else c['tracking']['artifact_root']}",
-    ]
+#: The keys of a study config that define its grid (the manifest); the analysis it runs reads the same grid.
+GRID_KEYS = ("models", "datasets", "score", "finetune")
 
 
 def run_study(cfg: DictConfig) -> StudyReport:
@@ -47,40 +39,40 @@ def run_study(cfg: DictConfig) -> StudyReport:
 
     c = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     report = StudyReport()
-    cells = [(m, d) for d in c["datasets"] for m in c["models"]]
-    common = _common(c)
-    zoo = [f"zoo.allow_noncommercial={str(c['zoo']['allow_noncommercial']).lower()}"]
+    cells, trials = grid(c)
 
     t0 = time.perf_counter()
     done = ran = 0
     print(f"[study] stage score: {len(cells)} cells (models x datasets), each in and out of distribution", flush=True)
     for i, (m, d) in enumerate(cells, 1):
-        results = run_score(compose_stage("score", [f"model={m}", f"dataset={d}", *common, *zoo, *c["score"]["overrides"]]))
+        with counting(i, len(cells)):  # the stage's lines say "[score i/n]"
+            results = run_score(compose_config("score", score_overrides(c, m, d)))
         done += sum(r.skipped for r in results)
         ran += sum(not r.skipped for r in results)
-        print(f"[study] score {i}/{len(cells)} cells", flush=True)
     report.counts["score"] = {"skipped": done, "ran": ran}
     report.seconds["score"] = time.perf_counter() - t0
 
     if c["finetune"]["enabled"]:
         t0 = time.perf_counter()
-        trials = [(m, d, t) for (m, d) in cells for t in c["finetune"]["trials"]]
-        print(f"[study] stage finetune: {len(trials)} trials ({len(cells)} cells x {len(c['finetune']['trials'])} Halton points)", flush=True)
+        seeds = c["finetune"].get("seeds") or [0]
+        print(f"[study] stage finetune: {len(trials)} trials ({len(cells)} cells x {len(c['finetune']['trials'])} "
+              f"Halton points x {len(seeds)} seed(s))", flush=True)
         done = ran = 0
-        for i, (m, d, t) in enumerate(trials, 1):
-            result = run_finetune(compose_stage(
-                "finetune", [f"model={m}", f"dataset={d}", f"trial={t}", *common, *zoo, *c["finetune"]["overrides"]]
-            ))
+        for i, (m, d, t, seed) in enumerate(trials, 1):
+            with counting(i, len(trials)):
+                result = run_finetune(compose_config("finetune", finetune_overrides(c, m, d, t, seed)))
             skipped = result.skipped
             done += skipped
             ran += not skipped
-            print(f"[study] finetune {i}/{len(trials)} trials", flush=True)
         report.counts["finetune"] = {"skipped": done, "ran": ran}
         report.seconds["finetune"] = time.perf_counter() - t0
 
     if c["analyze"]["enabled"]:
         t0 = time.perf_counter()
         print("[study] stage analyze", flush=True)
-        report.outputs["analysis"] = run_analyze(compose_stage("analyze", [*common, *c["analyze"]["overrides"]]))
+        analyze = compose_config("analyze", [*common_overrides(c), *c["analyze"]["overrides"]])
+        for key in GRID_KEYS:  # the analysis reads the cells this study ran
+            analyze[key] = c[key]
+        report.outputs["analysis"] = run_analyze(analyze)
         report.seconds["analyze"] = time.perf_counter() - t0
     return report

