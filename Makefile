@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.medxfer-installed
 HOST   ?= 127.0.0.1
 PORT   ?= 5000
 
-.PHONY: install study test test-slow ui bench clean-outputs
+.PHONY: install study test test-slow ui bench bench-extract clean-outputs
 
 install: $(STAMP)
 
@@ -34,6 +34,9 @@ ui: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/scores.py
+
+bench-extract: $(STAMP)
+	$(PY) benchmarks/extract.py
 
 clean-outputs:
 	rm -rf outputs .cache/medxfer

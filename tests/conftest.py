@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -66,37 +67,129 @@ def score_cfg(project, shared_data_dir):
     return make
 
 
-def log_fake_study(root: Path, study: str = "default", models=("m1", "m2", "m3", "m4"), datasets=("d1", "d2"),
-                   seed: int = 0, skip: tuple = ()) -> dict:
-    """Log a small study straight into MLflow, following the run schema (score runs, two fine-tune trials per
-    cell): analysis and notebook tests query it like a real one. Returns the numbers logged."""
-    import mlflow
-    import numpy as np
+#: The study that analysis, rank and notebook tests read: real score and fine-tune runs on TINY data, written once
+#: per session by the stages themselves (``tracked_study``). The zoo model joins when its converted weights are in
+#: the zoo cache (``medxfer-zoo fetch models=[mobilenetv1_100_nudity]``); tests never download.
+STUDY_LITE_MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+STUDY_ZOO_MODEL = "mobilenetv1_100_nudity"
+STUDY_DATASETS = ("synthetic_derm", "synthetic_mri")
+STUDY_SCORES = ("leep", "logme", "reg_hscore")  # plain hscore is the class count minus one when N << D: constant
+STUDY_TRIALS = (1, 3)  # Halton points with lr 3.2e-3 and 1.8e-2: both move the weights within one epoch
+STUDY_FINETUNE = ["finetune=smoke", "finetune.max_epochs=1", "finetune.batch_size=8", "finetune.progress=false",
+                  "finetune.num_workers=0"]
+# TINY's images and crops, with 40 per class instead of 12: a test split of a dozen images, so that fine-tuned
+# accuracies differ between models (with 3 test images every model scores 0.5 and no tau is defined)
+STUDY_DATA = [o.replace("dataset.synthetic.n_per_class=12", "dataset.synthetic.n_per_class=40")
+              for o in TINY if not o.startswith("extract.")]
+# The grid's stage overrides (score.overrides, finetune.overrides of a study config): the fixture composes each
+# stage config from them as the study manifest does, so the analysis reads exactly these cells.
+STUDY_SCORE_OVERRIDES = [*STUDY_DATA, "extract.progress=false", "extract.num_workers=0",
+                         f"score.names=[{','.join(STUDY_SCORES)}]"]
+STUDY_FINETUNE_OVERRIDES = [*STUDY_DATA, *STUDY_FINETUNE, f"ood_scores=[{','.join(STUDY_SCORES)}]"]
 
-    from medxfer.tracking import ensure_experiment, setup_tracking
 
-    rng = np.random.default_rng(seed)
-    setup_tracking(f"sqlite:///{root}/mlruns/mlflow.db")
-    artifacts = str(root / "mlruns" / "artifacts")
-    score_exp = ensure_experiment(f"{study}/score", artifacts)
-    ft_exp = ensure_experiment(f"{study}/finetune", artifacts)
-    truth = {}
-    for d in datasets:
-        for m in models:
-            if (m, d) in skip:
-                continue
-            tags = {"model": m, "dataset": d, "study": study}
-            with mlflow.start_run(experiment_id=score_exp, tags={**tags, "stage": "score", "split": "iid"}):
-                vals = {"score/alpha": float(rng.normal()), "score/beta": float(rng.normal())}
-                mlflow.log_metrics(vals)
-            trials = []
-            for t in (0, 1):
-                with mlflow.start_run(experiment_id=ft_exp, tags={**tags, "stage": "finetune", "split": "iid"}):
-                    mlflow.log_param("trial", t)
-                    mets = {"best/val_bal_acc": float(rng.uniform(0.5, 1)), "test/bal_acc": float(rng.uniform(0.5, 1)),
-                            "ood/bal_acc": float(rng.uniform(0.3, 1)), "ood_score/alpha": float(rng.normal()),
-                            "ood_score/beta": float(rng.normal())}
-                    mlflow.log_metrics(mets)
-                    trials.append(mets)
-            truth[(m, d)] = {**vals, "selected": max(trials, key=lambda x: x["best/val_bal_acc"])}
-    return truth
+def _quoted(items) -> str:
+    return ",".join(f"'{i}'" for i in items)
+
+
+@dataclass(frozen=True)
+class TrackedStudy:
+    """Where the session's real study lives and how its stages were composed.
+
+    ``root`` holds ``mlruns/`` (``mlflow.db`` and ``artifacts/``); ``data_dir`` and ``cache_dir`` (features,
+    file digests, and a link to the zoo cache) are the stages' ``paths.data_dir`` and ``paths.cache_dir``."""
+
+    root: Path
+    models: tuple[str, ...]
+    datasets: tuple[str, ...]
+    scores: tuple[str, ...]
+    trials: tuple[int, ...]
+    data_dir: Path
+    cache_dir: Path
+    seconds: float
+
+    def grid_overrides(self, models=None, datasets=None) -> list[str]:
+        """The study config's grid (models, datasets, stage overrides, trials) and paths: what the manifest of
+        ``medxfer-analyze`` (and ``medxfer-rank``'s tau) is built from. ``models``/``datasets`` replace the study's."""
+        return [f"models=[{','.join(models or self.models)}]", f"datasets=[{','.join(datasets or self.datasets)}]",
+                f"score.overrides=[{_quoted(STUDY_SCORE_OVERRIDES)}]",
+                f"finetune.trials=[{','.join(map(str, self.trials))}]", "finetune.seeds=[0]",
+                f"finetune.overrides=[{_quoted(STUDY_FINETUNE_OVERRIDES)}]",
+                f"paths.data_dir={self.data_dir}", f"paths.cache_dir={self.cache_dir}"]
+
+    def rank_study_overrides(self) -> str:
+        """The ``rank.study_overrides`` option that points ``medxfer-rank``'s tau at this study's grid."""
+        return "rank.study_overrides=[" + ",".join(f'"{o}"' for o in self.grid_overrides()) + "]"
+
+    def analyze_config(self, *overrides: str, models=None, datasets=None) -> DictConfig:
+        """The analyze config of this study (or of its ``models`` x ``datasets``) plus ``overrides``."""
+        return compose_config("analyze", [*self.grid_overrides(models, datasets), *overrides])
+
+
+def _zoo_model_cached(zoo_cache: str) -> bool:
+    """Whether the zoo model's converted weights are in the zoo cache (no download needed)."""
+    from medxfer.models.fetch import zoo_dir
+
+    return any((zoo_dir(zoo_cache) / "converted").glob(f"{STUDY_ZOO_MODEL}-*.safetensors"))
+
+
+@pytest.fixture(scope="session")
+def tracked_study(tmp_path_factory, zoo_cache) -> TrackedStudy:
+    """A small study written by the real stages, once per session: ``run_score`` (both splits) and
+    ``run_finetune`` (two trials, one epoch) for every model of ``STUDY_LITE_MODELS`` (plus the zoo model when
+    cached) on both ``STUDY_DATASETS``. Read it in place; copy it with :func:`copy_study` before writing to it."""
+    import time
+
+    from medxfer.stages.finetune import run_finetune
+    from medxfer.stages.score import run_score
+
+    root = tmp_path_factory.mktemp("study")
+    cache = root / "cache"
+    cache.mkdir()
+    # features and checkpoints stay in this session's folder; converted zoo weights are shared, never fetched here
+    (cache / "zoo").symlink_to(Path(zoo_cache) / "zoo", target_is_directory=True)
+    models = STUDY_LITE_MODELS + ((STUDY_ZOO_MODEL,) if _zoo_model_cached(zoo_cache) else ())
+    common = [f"paths.root_dir={root}", f"paths.data_dir={root / 'data'}", f"paths.cache_dir={cache}",
+              f"tracking.uri=sqlite:///{root}/mlruns/mlflow.db"]
+    t0 = time.perf_counter()
+    with pytest.MonkeyPatch.context() as mp:  # session scope: the function-scoped _offline has not run yet
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        for d in STUDY_DATASETS:
+            for m in models:
+                run_score(compose_config("score", [f"model={m}", f"dataset={d}", *common, *STUDY_SCORE_OVERRIDES]))
+                for t in STUDY_TRIALS:
+                    run_finetune(compose_config("finetune", [f"model={m}", f"dataset={d}", f"trial={t}", *common,
+                                                             *STUDY_FINETUNE_OVERRIDES, "finetune.seed=0"]))
+    seconds = time.perf_counter() - t0
+    print(f"tracked_study: {len(models)} models x {len(STUDY_DATASETS)} datasets in {seconds:.0f} s")
+    return TrackedStudy(root, models, STUDY_DATASETS, STUDY_SCORES, STUDY_TRIALS, root / "data", cache, seconds)
+
+
+def copy_study(study: TrackedStudy, dest: Path) -> Path:
+    """Copy the study's store (``mlruns/``: database and artifacts) into ``dest/mlruns`` for a test that writes to
+    it, and point the copied experiments and runs at the copied artifacts: MLflow stores absolute artifact URIs,
+    and new runs of a copied experiment must not write into the session's store. Returns ``dest``."""
+    import shutil
+    import sqlite3
+
+    src = study.root / "mlruns"
+    shutil.copytree(src, dest / "mlruns")
+    old, new = src.resolve().as_uri(), (dest / "mlruns").resolve().as_uri()
+    con = sqlite3.connect(dest / "mlruns" / "mlflow.db")
+    with con:
+        for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                              ("logged_models", "artifact_location")):
+            con.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?)", (old, new))
+        stale = con.execute("SELECT artifact_uri FROM runs WHERE artifact_uri LIKE ?", (old + "%",)).fetchall()
+        copied = con.execute("SELECT artifact_uri FROM runs WHERE artifact_uri LIKE ?", (new + "/%",)).fetchall()
+        n_runs = con.execute("SELECT count(*) FROM runs").fetchone()[0]
+    con.close()
+    assert not stale and len(copied) == n_runs > 0, f"artifact URIs of the copied store not under {new}"
+    return dest
+
+
+@pytest.fixture
+def study_project(project, tracked_study) -> Path:
+    """The test's project folder holding a copy of the session's study, ready to be analysed and written to."""
+    return copy_study(tracked_study, project)

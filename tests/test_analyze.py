@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 
 import mlflow
@@ -10,12 +11,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from medxfer.analysis import AnalysisError, EnsembleWarning, add_ensembles, correlate, parse_ensembles
+from medxfer.analysis.baselines import BASELINES, add_baselines
 from medxfer.stages.analyze import IncompleteStudy, run_analyze
 
-from conftest import compose_config, log_fake_study
+from conftest import compose_config
 
 
-ENSEMBLES = parse_ensembles({"ens_rank": {"kind": "rank"}, "ens_z": {"kind": "zscore"}, "ens_linear": {"kind": "linear"}})
+ENSEMBLES = parsENSEMBLES = parse_ensembles({"ens_rank": {"kind": "rank"}, "ens_z": {"kind": "zscore"}, "ens_linear": {"kind": "linear"}})
 
 
 def _png_width(path) -> int:
@@ -23,31 +25,71 @@ def _png_width(path) -> int:
         return struct.unpack(">I", f.read(24)[16:20])[0]
 
 
-def test_analysis_of_a_tracked_study(project):
-    truth = log_fake_study(project)
-    result = run_analyze(compose_config("analyze", ["bootstrap.n=100"]))
-    # expected: score runs joined with the trial of best val/bal_acc, plus the default ensembles over both scores
-    rows = [{"dataset": d, "model": m, "score": s, "value": v[f"score/{s}"], "target": v["selected"]["test/bal_acc"]}
-            for (m, d), v in truth.items() for s in ("alpha", "beta")]
-    expected = correlate(add_ensembles(pd.DataFrame(rows), ENSEMBLES).table, n_boot=100)
+def _expected_tables(root, scores) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, float]]:
+    """The long tables the analysis should build, read here straight from the runs the stages logged: each
+    (model, dataset)'s training-split score run, joined with the fine-tune trial of highest best/val_bal_acc
+    (ties: the lower best/val_loss, then the lower trial number); OOD: that trial's ood_score/<name> against its
+    ood/bal_acc. One seed per trial, so the means over seed replicates are the values themselves. Also each
+    model's backbone parameter count (the ``n_params`` baseline) as its fine-tune runs logged it."""
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlruns/mlflow.db")
+    finished = "attributes.status = 'FINISHED'"
+    score_runs = mlflow.search_runs(experiment_names=["default/score"], filter_string=finished)
+    score_runs = score_runs[score_runs["tags.split"] != "ood"]
+    ft = mlflow.search_runs(experiment_names=["default/finetune"], filter_string=finished)
+    ft = ft.assign(trial=ft["params.trial"].astype(int))
+    selected = (ft.sort_values(["metrics.best/val_bal_acc", "metrics.best/val_loss", "trial"],
+                               ascending=[False, True, True])
+                .drop_duplicates(["tags.model", "tags.dataset"]).set_index(["tags.model", "tags.dataset"]))
+    iid = [{"dataset": r["tags.dataset"], "model": r["tags.model"], "score": s, "value": r[f"metrics.score/{s}"],
+            "target": selected.loc[(r["tags.model"], r["tags.dataset"]), "metrics.test/bal_acc"]}
+           for _, r in score_runs.iterrows() for s in scores]
+    ood = [{"dataset": d, "model": m, "score": s, "value": r[f"metrics.ood_score/{s}"], "target": r["metrics.ood/bal_acc"]}
+           for (m, d), r in selected.iterrows() for s in scores]
+    n_params = {m: float(r["params.n_params"]) for (m, _), r in selected.iterrows()}
+    return pd.DataFrame(iid), pd.DataFrame(ood), n_params
+
+
+def test_the_session_study_holds_the_real_runs_it_promises(tracked_study):
+    mlflow.set_tracking_uri(f"sqlite:///{tracked_study.root}/mlruns/mlflow.db")
+    n_cells = len(tracked_study.models) * len(tracked_study.datasets)
+    score = mlflow.search_runs(experiment_names=["default/score"])
+    ft = mlflow.search_runs(experiment_names=["default/finetune"])
+    assert len(score) == 2 * n_cells and len(ft) == len(tracked_study.trials) * n_cells
+    assert set(score["status"]) == set(ft["status"]) == {"FINISHED"}
+    assert set(score["tags.model"]) == set(ft["tags.model"]) == set(tracked_study.models)
+    assert {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"} <= set(tracked_study.models)
+    # real numbers: every score differs between models, accuracies are balanced accuracies
+    for s in tracked_study.scores:
+        assert score.groupby("tags.dataset")[f"metrics.score/{s}"].nunique().min() > 1, s
+    assert ft["metrics.test/bal_acc"].between(0, 1).all() and ft["metrics.ood/bal_acc"].between(0, 1).all()
+    print(f"tracked_study took {tracked_study.seconds:.0f} s")
+
+
+def test_analysis_of_a_tracked_study(study_project, tracked_study):
+    scores = tracked_study.scores
+    result = run_analyze(tracked_study.analyze_config("bootstrap.n=100"))
+    iid_table, ood_table, n_params = _expected_tables(study_project, scores)
+    # the data-blind baselines are appended after the ensembles (they are never part of one), in distribution only
+    with_baselines, _ = add_baselines(add_ensembles(iid_table, ENSEMBLES).table, n_params)
+    expected = correlate(with_baselines, n_boot=100)
     pd.testing.assert_frame_equal(result.iid.reset_index(drop=True), expected)
-    ood_rows = [{"dataset": d, "model": m, "score": s, "value": v["selected"][f"ood_score/{s}"],
-                 "target": v["selected"]["ood/bal_acc"]} for (m, d), v in truth.items() for s in ("alpha", "beta")]
-    ood_expected = correlate(add_ensembles(pd.DataFrame(ood_rows), ENSEMBLES).table, n_boot=100)
+    ood_expected = correlate(add_ensembles(ood_table, ENSEMBLES).table, n_boot=100)
     pd.testing.assert_frame_equal(result.ood.reset_index(drop=True), ood_expected)
-    assert set(result.ood.score) == {"alpha", "beta", "ens_rank", "ens_z", "ens_linear"}
+    assert set(result.ood.score) == {*scores, "ens_rank", "ens_z", "ens_linear"}
 
     run = MlflowClient().get_run(result.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["stage"] == "analysis"
     ex = expected.set_index(["dataset", "score"])
-    assert run.data.metrics["tau/d1/alpha"] == pytest.approx(ex.loc[("d1", "alpha"), "tau"])
-    assert run.data.metrics["wtau/ALL/beta"] == pytest.approx(ex.loc[("ALL", "beta"), "wtau"])
-    assert "ood_tau/d2/beta" in run.data.metrics
+    d1, d2 = tracked_study.datasets
+    logged = {k: v for k, v in run.data.metrics.items() if k.startswith(("tau/", "wtau/"))}
+    # every defined correlation is logged, and nothing else
+    assert logged == pytest.approx({f"{stat}/{d}/{s}": row[stat] for (d, s), row in ex.iterrows()
+                                    for stat in ("tau", "wtau") if pd.notna(row[stat])})
+    assert f"tau/ALL/{scores[0]}" in logged and f"ood_tau/{d2}/{scores[-1]}" in run.data.metrics
     for name in ("ens_rank", "ens_z", "ens_linear"):
-        assert run.data.metrics[f"tau/d1/{name}"] == pytest.approx(ex.loc[("d1", name), "tau"])
         assert f"wtau/ALL/{name}" in run.data.metrics and f"ood_tau/ALL/{name}" in run.data.metrics
     arts = {a.path for a in MlflowClient().list_artifacts(result.run_id, "figures")}
-    assert arts == {f"figures/correlation_{k}.{e}" for k in ("iid", "ood") for e in ("png", "pdf")}
+    assert {f"figures/correlation_{k}.{e}" for k in ("iid", "ood") for e in ("png", "pdf")} <= arts
     tables = {a.path for a in MlflowClient().list_artifacts(result.run_id, "tables")}
     assert {"tables/correlations_iid.csv", "tables/table_iid.csv", "tables/ensemble_weights.csv"} <= tables
     assert all(p.is_file() and p.stat().st_size > 1000 for p in result.figures)
@@ -55,65 +97,62 @@ def test_analysis_of_a_tracked_study(project):
     out = result.figures[0].parent
     assert {"ens_rank", "ens_z", "ens_linear"} <= set(pd.read_csv(out / "correlations_iid.csv").score)
     assert {"ens_rank", "ens_z", "ens_linear"} <= set(pd.read_csv(out / "correlations_ood.csv").score)
-    assert all(_png_width(p) == round((2.3 * 5 + 1.5) * 150) for p in result.figures if p.suffix == ".png")
+    # one column per score and ensemble, and in distribution one per baseline too: the iid figure is the wider
+    widths = {p.stem: _png_width(p) for p in result.figures if p.suffix == ".png" and p.stem.startswith("correlation_")}
+    assert widths["correlation_iid"] > widths["correlation_ood"] > round((2.3 * (len(scores) + 3)) * 150)
     weights = pd.read_csv(MlflowClient().download_artifacts(result.run_id, "tables/ensemble_weights.csv"))
-    assert list(weights.columns) == ["split", "ensemble", "held_out", "n_train", "alpha", "weight/alpha", "weight/beta"]
-    assert set(zip(weights.split, weights.held_out)) == {(s, h) for s in ("iid", "ood") for h in ("d1", "d2", "none")}
+    assert list(weights.columns) == ["split", "ensemble", "held_out", "n_train", "alpha",
+                                     *(f"weight/{s}" for s in scores)]
+    assert set(zip(weights.split, weights.held_out)) == {(s, h) for s in ("iid", "ood") for h in (d1, d2, "none")}
     pd.testing.assert_frame_equal(weights, result.weights, check_dtype=False)
 
 
-def test_ensembles_can_be_switched_off_or_restricted(project):
-    truth = log_fake_study(project)
-    plain = run_analyze(compose_config("analyze", ["bootstrap.n=20", "ensembles=null"]))
-    assert set(plain.iid.score) == {"alpha", "beta"} and plain.weights.empty
-    only = run_analyze(compose_config("analyze", ["bootstrap.n=20", "~ensembles.ens_linear", "~ensembles.ens_z",
-                                                  "ensembles.ens_rank.scores=[beta]"]))
-    assert set(only.iid.score) == {"alpha", "beta", "ens_rank"}
+def test_ensembles_can_be_switched_off_or_restricted(study_project, tracked_study):
+    scores = tracked_study.scores
+    plain = run_analyze(tracked_study.analyze_config("bootstrap.n=20", "ensembles=null"))
+    assert set(plain.iid.score) == {*scores, *BASELINES} and plain.weights.empty
+    only = run_analyze(tracked_study.analyze_config("bootstrap.n=20", "~ensembles.ens_linear", "~ensembles.ens_z",
+                                                    "ensembles.ens_rank.scores=[logme]"))
+    assert set(only.iid.score) == {*scores, *BASELINES, "ens_rank"}
     ex = only.iid.set_index(["dataset", "score"])
     # a rank ensemble of one score is that score's ranking
-    assert ex.loc[("d1", "ens_rank"), "tau"] == pytest.approx(ex.loc[("d1", "beta"), "tau"])
+    for d in (*tracked_study.datasets, "ALL"):
+        assert ex.loc[(d, "ens_rank"), "tau"] == pytest.approx(ex.loc[(d, "logme"), "tau"], nan_ok=True)
 
 
-def test_ensemble_config_errors_stop_before_any_run(project):
-    log_fake_study(project)
-    with pytest.raises(AnalysisError, match=r"score\(s\) \['logme'\] not in the in-distribution table; available: \['alpha', 'beta'\]"):
-        run_analyze(compose_config("analyze", ["ensembles.ens_rank.scores=[alpha,logme]"]))
+def test_ensemble_config_errors_stop_before_any_run(study_project, tracked_study):
+    available = re.escape(str(sorted(tracked_study.scores)))
+    with pytest.raises(AnalysisError, match=r"score\(s\) \['gbc'\] not in the in-distribution table; available: " + available):
+        run_analyze(tracked_study.analyze_config("ensembles.ens_rank.scores=[logme,gbc]"))
     with pytest.raises(AnalysisError, match=r"unknown kind 'median'"):
-        run_analyze(compose_config("analyze", ["ensembles.ens_rank.kind=median"]))
+        run_analyze(tracked_study.analyze_config("ensembles.ens_rank.kind=median"))
+    mlflow.set_tracking_uri(f"sqlite:///{study_project}/mlruns/mlflow.db")
     assert mlflow.get_experiment_by_name("default/analysis") is None
 
 
-def test_one_dataset_study_skips_the_linear_ensemble_with_a_warning(project):
-    log_fake_study(project)
+def test_one_dataset_study_skips_the_linear_ensemble_with_a_warning(study_project, tracked_study):
     with pytest.warns(EnsembleWarning, match="ens_linear.*skipped: leave-one-dataset-out needs >= 2 datasets"):
-        result = run_analyze(compose_config("analyze", ["datasets=[d1]", "bootstrap.n=20"]))
+        result = run_analyze(tracked_study.analyze_config("bootstrap.n=20", datasets=tracked_study.datasets[:1]))
     assert {"ens_rank", "ens_z"} <= set(result.iid["score"]) and "ens_linear" not in set(result.iid["score"])
+    assert set(result.iid["dataset"]) == {tracked_study.datasets[0], "ALL"}
 
 
-def test_a_model_lacking_a_score_stops_the_ensembles_unless_incomplete_is_allowed(project):
-    log_fake_study(project)
-    # a newer score run for (m2, d1) replaces the old one and has no score/beta
-    from medxfer.tracking import ensure_experiment
-
-    exp = ensure_experiment("default/score", str(project / "mlruns" / "artifacts"))
-    with mlflow.start_run(experiment_id=exp, tags={"model": "m2", "dataset": "d1", "study": "default", "stage": "score", "split": "iid"}):
-        mlflow.log_metric("score/alpha", 0.5)
-    with pytest.raises(AnalysisError, match=r"model='m2' dataset='d1' score='beta'.*allow_incomplete=true"):
-        run_analyze(compose_config("analyze", ["bootstrap.n=20"]))
-    with pytest.warns(EnsembleWarning, match="left out of the ensemble"):
-        result = run_analyze(compose_config("analyze", ["bootstrap.n=20", "allow_incomplete=true"]))
-    iid = result.iid.set_index(["dataset", "score"])
-    assert iid.loc[("d1", "beta"), "n"] == 3 and iid.loc[("d1", "ens_z"), "n"] == 3 and iid.loc[("d1", "alpha"), "n"] == 4
-    with open(MlflowClient().download_artifacts(result.run_id, "warnings.txt")) as f:
-        assert "left out of the ensemble (a score missing): model='m2' dataset='d1' score='beta'" in f.read()
-
-
-def test_incomplete_study_lists_missing_cells(project):
-    log_fake_study(project, skip=(("m3", "d2"),))
-    with pytest.raises(IncompleteStudy, match=r"missing 2 run\(s\):\n  score run \(iid\) for model=m3 dataset=d2\n  fine-tune run for model=m3 dataset=d2"):
-        run_analyze(compose_config("analyze", ["bootstrap.n=50"]))
-    result = run_analyze(compose_config("analyze", ["bootstrap.n=50", "allow_incomplete=true"]))
-    assert result.missing and set(result.iid[result.iid.dataset == "d2"].n) == {3}
+def test_incomplete_study_lists_missing_cells(study_project, tracked_study):
+    # a user deletes the runs of one cell: the analysis names each missing run instead of analysing less
+    model, dataset = tracked_study.models[-1], tracked_study.datasets[1]
+    mlflow.set_tracking_uri(f"sqlite:///{study_project}/mlruns/mlflow.db")
+    client = MlflowClient()
+    cell = f"tags.model = '{model}' and tags.dataset = '{dataset}'"
+    for experiment in ("default/score", "default/finetune"):
+        for run_id in mlflow.search_runs(experiment_names=[experiment], filter_string=cell)["run_id"]:
+            client.delete_run(run_id)
+    with pytest.raises(IncompleteStudy) as err:
+        run_analyze(tracked_study.analyze_config("bootstrap.n=50"))
+    named = [f"score run {model}@{dataset}/train", f"score run {model}@{dataset}/ood",
+             *(f"fine-tune run {model}@{dataset}#trial{t}" for t in tracked_study.trials)]
+    assert f"missing {len(named)} run(s)" in str(err.value) and all(f"\n  {n}" in str(err.value) for n in named)
+    result = run_analyze(tracked_study.analyze_config("bootstrap.n=50", "allow_incomplete=true"))
+    assert result.missing and set(result.iid[result.iid.dataset == dataset].n) == {len(tracked_study.models) - 1}
 
 
 def test_empty_study_is_a_clear_error(project):

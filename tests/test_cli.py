@@ -33,7 +33,7 @@ def test_score_multirun_three_models_logs_six_runs_and_rerun_adds_none(tmp_path,
     runs = mlflow.search_runs(experiment_names=["default/score"])
     assert len(runs) == 6 and set(runs["status"]) == {"FINISHED"}
     assert set(zip(runs["tags.model"], runs["tags.split"])) == {
-        (m, s) for m in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2") for s in ("iid", "ood")
+        (m, s) for m in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2") for s in ("train", "ood")
     }
     score_cols = [c for c in runs.columns if c.startswith("metrics.score/")]
     assert len(score_cols) >= 7 and runs[score_cols].notna().all().all()

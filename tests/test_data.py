@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,13 +18,20 @@ from conftest import compose_config
 
 
 def _image(path, mode="RGB", size=(20, 16), value=128):
+    """A flat image of ``value`` whose last pixel row encodes the file name: no two files are identical (identical
+    files in a dataset are refused as duplicates)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    tag = np.frombuffer(hashlib.sha256(str(path).encode()).digest(), dtype=np.uint8)[: size[0]]
     if mode == "I;16":
         arr = np.full(size[::-1], value * 256, dtype=np.uint16)
         arr[0, 0] = 0
+        arr[-1, : len(tag)] = tag.astype(np.uint16) * value // 255 * 256  # within [0, value]: the range stays
         Image.fromarray(arr).save(path)
     else:
-        Image.new(mode, size, value if mode in ("L",) else (value,) * len(mode)).save(path)
+        img = Image.new(mode, size, value if mode in ("L",) else (value,) * len(mode))
+        for x, v in enumerate(tag.tolist()):
+            img.putpixel((x, size[1] - 1), v if mode == "L" else (v,) * len(mode))
+        img.save(path)
     return path
 
 

@@ -1,26 +1,41 @@
-"""notebooks/paper_figures.ipynb runs against a small tracked study and shows the tau table and figures."""
+"""notebooks/paper_figures.ipynb runs against the session's tracked study and shows the tau table and figures."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 
-from conftest import log_fake_study
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "paper_figures.ipynb"
 
 
-def test_paper_figures_notebook_executes(project, monkeypatch):
+def test_paper_figures_notebook_shows_the_analysis_runs_tables(study_project, tracked_study, monkeypatch):
+    """The notebook reads the analysis run's tables (with the ensembles), so its tau table is the analysis run's."""
     nbclient = pytest.importorskip("nbclient")
-    log_fake_study(project, study="nb")
-    monkeypatch.setenv("MEDXFER_STUDY", "nb")
+    from medxfer.analysis.results import latest_analysis
+    from medxfer.stages.analyze import run_analyze
+
+    run_analyze(tracked_study.analyze_config("bootstrap.n=100"))
+    logged = latest_analysis("default")
+    monkeypatch.setenv("MEDXFER_ROOT", str(study_project))  # the notebook only reads the store
+    monkeypatch.setenv("MEDXFER_STUDY", "default")
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(project)}}).execute()
+    # one more cell prints what the notebook holds, to compare with what the analysis run logged
+    nb.cells.append(nbformat.v4.new_code_cell('print("IID_JSON" + iid.to_json(orient="split", double_precision=15))'))
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(study_project)}}).execute()
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) == 2  # in-distribution and OOD figures
     html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
-    assert "alpha" in html and "beta" in html and "d1" in html and "ALL" in html  # tau tables
+    # tau tables: every score, the ensembles, and every dataset of the study
+    assert all(name in html for name in (*tracked_study.scores, "ens_rank", *tracked_study.datasets, "ALL"))
+    printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    shown = pd.read_json(io.StringIO(printed.split("IID_JSON", 1)[1].strip()), orient="split")
+    assert logged.run_id in printed
+    pd.testing.assert_frame_equal(shown.reset_index(drop=True), logged.iid.reset_index(drop=True),
+                                  check_dtype=False, rtol=1e-12)

@@ -78,7 +78,8 @@ def published_rows(dataset: str, split: str) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def paper_tree(tmp_path_factory) -> Path:
     """Every image of the three tasks as a tiny 8x8 file at the path its CSV gives (35,384 files; about 2 s):
-    one encoded image per format, its bytes written to every path with that extension."""
+    one encoded image per format, its bytes written to every path with that extension, followed by the path (the
+    decoders ignore trailing bytes) so that no two files are identical: identical files are refused as duplicates."""
     t0 = time.perf_counter()
     root = tmp_path_factory.mktemp("paper_data")
     blobs = {}
@@ -94,7 +95,7 @@ def paper_tree(tmp_path_factory) -> Path:
                 if path.parent not in made:
                     path.parent.mkdir(parents=True, exist_ok=True)
                     made.add(path.parent)
-                path.write_bytes(blobs[path.suffix.lower()])
+                path.write_bytes(blobs[path.suffix.lower()] + b"\0" + rel.encode())
     print(f"paper image tree: {time.perf_counter() - t0:.1f}s")
     return root
 
@@ -192,16 +193,16 @@ def test_score_stage_scores_the_published_splits(project, paper_tree, monkeypatc
     t0 = time.perf_counter()
     results = score_stage.run_score(cfg)
     print(f"score {dataset}: {time.perf_counter() - t0:.1f}s")
-    assert [r.split for r in results] == ["iid", "ood"] and not any(r.skipped for r in results)
+    assert [r.split for r in results] == ["train", "ood"] and not any(r.skipped for r in results)
     (data,) = seen
     _assert_published(data, dataset, ("train", "ood"))
     assert len(data.train) <= 24 + len(CODES[dataset]) and len(data.val) == sum(PUBLISHED[dataset]["val"].values())
     mlflow.set_tracking_uri(f"sqlite:///{project}/mlruns/mlflow.db")
     runs = mlflow.search_runs(experiment_names=["default/score"])
     by_split = {r["tags.split"]: r for _, r in runs.iterrows()}
-    assert int(by_split["iid"]["params.n_samples"]) == len(data.train)
+    assert int(by_split["train"]["params.n_samples"]) == len(data.train)
     assert int(by_split["ood"]["params.n_samples"]) == len(data.ood)
-    labels = mlflow.artifacts.load_dict(f"runs:/{by_split['iid']['run_id']}/labels.json")
+    labels = mlflow.artifacts.load_dict(f"runs:/{by_split['train']['run_id']}/labels.json")
     assert labels["label_mapping"] == CODES[dataset]
 
 

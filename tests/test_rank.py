@@ -13,13 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
-from conftest import compose_config, log_fake_study
+from conftest import compose_config
 from medxfer.analysis import apply_pooling, correlate, fit_linear_pooling
-from medxfer.analysis.runs import load_study
+from medxfer.analysis.runs import study_tables
 from medxfer.cli.rank import rank_overrides
 from medxfer.data.tables import DataError
-from medxfer.scores import REGISTRY, register_score
 from medxfer.stages.rank import NO_STUDY, RankError, run_rank
 
 BIN = Path(sys.executable).parent
@@ -49,14 +49,6 @@ def rank_cfg(project, labels_csv, feature_cache):
         return compose_config("rank", rank_overrides(args))
 
     return make
-
-
-def _fake_scores(monkeypatch) -> None:
-    """Register scores named like those of log_fake_study, so a fake study has a tau for them."""
-    for name, fn in (("alpha", lambda inputs: float(inputs.features.mean())),
-                     ("beta", lambda inputs: float(inputs.features.std()))):
-        monkeypatch.setitem(REGISTRY, name, None)  # removed again after the test
-        register_score(name, fn, default=False, replace=True)
 
 
 def _cli(args, root, timeout=300):
@@ -125,15 +117,15 @@ def test_features_of_a_cell_scored_by_medxfer_score_are_reused(rank_cfg, project
     cache = project / "fresh-cache"
     scored = run_score(compose_config("score", [
         "model=efficientnet_lite0", "dataset=csv", f"dataset.root={labels_csv.parent}", "dataset.group_col=group",
-        "preprocess=small", "score=logme", "splits=[iid]", f"paths.cache_dir={cache}", *SMALL]))
+        "preprocess=small", "score=logme", "splits=[train]", f"paths.cache_dir={cache}", *SMALL]))
 
     def forbidden(*a, **k):
         raise AssertionError("a forward pass for features the score stage cached")
 
-    import medxfer.stages.score as score_stage
+    import medxfer.models.features as features
 
     monkeypatch.setattr(extract, "extract_features", forbidden)
-    monkeypatch.setattr(score_stage, "extract_features", forbidden)
+    monkeypatch.setattr(features, "extract_features", forbidden)
     result = run_rank(rank_cfg("models=[efficientnet_lite0]", f"paths.cache_dir={cache}"))
     assert result.cached == {"efficientnet_lite0": True}
     assert result.table["value"].iloc[0] == scored[0].scores["logme"]  # both score on one thread: bit-identical
@@ -160,42 +152,46 @@ def test_another_folder_with_the_same_file_names_and_labels_is_not_read_from_the
     assert again.cached == {"efficientnet_lite0": True}
 
 
-def test_tau_column_comes_from_the_tracked_study(rank_cfg, project, monkeypatch):
+def test_tau_column_comes_from_the_tracked_study(rank_cfg, study_project, tracked_study):
     from medxfer.stages.analyze import run_analyze
 
-    _fake_scores(monkeypatch)
-    log_fake_study(project)
     # no analysis run yet: computed from the study's score and fine-tune runs
-    result = run_rank(rank_cfg("score=alpha"))
-    study = load_study("default").iid
-    expected = correlate(study[study["score"] == "alpha"]).set_index(["dataset", "score"]).loc[("ALL", "alpha")]
+    # the study's grid, and its preprocessing (it scored at 64 px without a resize of its own): else no tau applies
+    grid = [tracked_study.rank_study_overrides(), "preprocess.resize=null"]
+    result = run_rank(rank_cfg("score=logme", *grid))
+    # the study's table as the analysis reads it: the manifest's cells of the fixture's grid
+    study = study_tables(OmegaConf.to_container(tracked_study.analyze_config(), resolve=True)).iid
+    expected = correlate(study[study["score"] == "logme"]).set_index(["dataset", "score"]).loc[("ALL", "logme")]
     tau = result.study_tau
     assert (tau.tau, tau.tau_lo, tau.tau_hi) == pytest.approx((expected["tau"], expected["tau_lo"], expected["tau_hi"]))
-    assert (tau.n_models, tau.n_datasets) == (4, 2) and "computed" in tau.source
+    n_models, n_datasets = len(tracked_study.models), len(tracked_study.datasets)
+    assert (tau.n_models, tau.n_datasets) == (n_models, n_datasets) and "computed" in tau.source
     assert (result.table["tau"] == tau.tau).all()
     assert f"{tau.tau:.2f} [{tau.tau_lo:.2f}, {tau.tau_hi:.2f}]" in result.report()
-    assert "2 dataset(s) x 4 model(s)" in result.report()
+    assert f"{n_datasets} dataset(s) x {n_models} model(s)" in result.report()
 
     # ens_linear: weights fitted on the study, applied to the models ranked here
-    linear = run_rank(rank_cfg("score=ens_linear", "rank.ensemble_scores=[alpha,beta]"))
-    weights = fit_linear_pooling(study, ["alpha", "beta"], alpha=1e-3)
+    pair = ["logme", "reg_hscore"]
+    linear = run_rank(rank_cfg("score=ens_linear", f"rank.ensemble_scores=[{','.join(pair)}]", *grid))
+    weights = fit_linear_pooling(study, pair, alpha=1e-3)
     pd.testing.assert_series_equal(linear.weights, weights)
     long = pd.DataFrame([{"dataset": row["dataset"], "model": row["model"], "score": s, "value": row[f"score/{s}"]}
-                         for _, row in linear.table.iterrows() for s in ("alpha", "beta")])
+                         for _, row in linear.table.iterrows() for s in pair])
     pooled = apply_pooling(long, weights).set_index("model")["value"]
     np.testing.assert_allclose(linear.table.set_index("model")["value"], pooled.reindex(linear.table["model"]))
     assert linear.study_tau.tau is not None
 
     # with an analysis run, its tau and interval are the ones shown
-    analysis = run_analyze(compose_config("analyze", ["bootstrap.n=50"]))
+    analysis = run_analyze(tracked_study.analyze_config("bootstrap.n=50"))
     logged = analysis.iid.set_index(["dataset", "score"])
-    for score, extra in (("alpha", []), ("ens_rank", ["rank.ensemble_scores=[alpha,beta]"])):
-        tau = run_rank(rank_cfg(f"score={score}", *extra)).study_tau
+    every = ",".join(tracked_study.scores)  # the analysis' ensembles combine every score of the study
+    for score, extra in (("logme", []), ("ens_rank", [f"rank.ensemble_scores=[{every}]"])):
+        tau = run_rank(rank_cfg(f"score={score}", *extra, *grid)).study_tau
         assert tau.source.startswith("analysis run " + analysis.run_id[:8])
         row = logged.loc[("ALL", score)]
         assert (tau.tau, tau.tau_lo, tau.tau_hi) == pytest.approx((row["tau"], row["tau_lo"], row["tau_hi"]))
     # an ensemble of other scores than the analysis' is computed from the runs instead
-    other = run_rank(rank_cfg("score=ens_rank", "rank.ensemble_scores=[alpha]")).study_tau
+    other = run_rank(rank_cfg("score=ens_rank", "rank.ensemble_scores=[logme]", *grid)).study_tau
     assert "computed" in other.source
 
 

@@ -8,6 +8,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+import medxfer.models.features as features_module
 import medxfer.stages.score as score_stage
 from medxfer.scores import available_scores
 from medxfer.stages.score import run_score
@@ -21,10 +22,10 @@ def _runs(project, experiment="default/score"):
 
 def test_score_cell_logs_one_run_per_split_with_every_score(score_cfg, project):
     results = run_score(score_cfg())
-    assert [r.split for r in results] == ["iid", "ood"] and not any(r.skipped for r in results)
+    assert [r.split for r in results] == ["train", "ood"] and not any(r.skipped for r in results)
     runs = _runs(project)
     assert len(runs) == 2 and set(runs["status"]) == {"FINISHED"}
-    assert set(runs["tags.split"]) == {"iid", "ood"}
+    assert set(runs["tags.split"]) == {"train", "ood"}
     for _, run in runs.iterrows():
         assert run["tags.stage"] == "score" and run["tags.model"] == "efficientnet_lite0"
         assert run["tags.dataset"] == "synthetic_derm" and run["tags.study"] == "default"
@@ -38,6 +39,11 @@ def test_score_cell_logs_one_run_per_split_with_every_score(score_cfg, project):
         assert run["params.model.arch"] == "tf_efficientnet_lite0"
         artifacts = {a.path for a in MlflowClient().list_artifacts(run["run_id"])}
         assert {"config.yaml", "overrides.yaml", "labels.json"} <= artifacts
+        # readable in the MLflow UI: the full run name, and the split as a dataset input with its digest and size
+        assert run["tags.mlflow.runName"] == f"efficientnet_lite0@synthetic_derm/{run['tags.split']}"
+        inputs = MlflowClient().get_run(run["run_id"]).inputs.dataset_inputs
+        assert len(inputs) == 1 and inputs[0].dataset.digest == run["tags.data_digest"][:16]
+        assert '"num_rows": ' + run["params.n_samples"] in inputs[0].dataset.profile
 
 
 def test_rerun_adds_no_run_and_does_no_forward_pass(score_cfg, project, monkeypatch):
@@ -48,13 +54,13 @@ def test_rerun_adds_no_run_and_does_no_forward_pass(score_cfg, project, monkeypa
         raise AssertionError("a forward pass was made for a finished cell")
 
     with monkeypatch.context() as m:
-        m.setattr(score_stage, "extract_features", forbidden)
+        m.setattr(features_module, "extract_features", forbidden)
         m.setattr(score_stage, "create_model", forbidden)
         results = run_score(score_cfg())
     assert all(r.skipped for r in results)
     assert len(_runs(project)) == len(first) == 2
     # force=true runs again, but the feature cache spares the forward pass and gives the same scores
-    monkeypatch.setattr(score_stage, "extract_features", forbidden)
+    monkeypatch.setattr(features_module, "extract_features", forbidden)
     forced = run_score(score_cfg("force=true"))
     assert all(r.cached_features and not r.skipped for r in forced)
     runs = _runs(project)
@@ -64,12 +70,12 @@ def test_rerun_adds_no_run_and_does_no_forward_pass(score_cfg, project, monkeypa
 
 
 def test_corrupted_cache_file_is_recomputed(score_cfg, project):
-    run_score(score_cfg("splits=[iid]"))
-    cached = list((project / ".cache").rglob("iid-*.npz"))
+    run_score(score_cfg("splits=[train]"))
+    cached = list((project / ".cache").rglob("train-*.npz"))
     assert len(cached) == 1
     data = cached[0].read_bytes()
     cached[0].write_bytes(data[: len(data) // 2])  # truncated
-    results = run_score(score_cfg("splits=[iid]", "force=true"))
+    results = run_score(score_cfg("splits=[train]", "force=true"))
     assert not results[0].cached_features
     runs = _runs(project)
     assert runs["metrics.score/hscore"].nunique() == 1
@@ -87,14 +93,14 @@ def test_failing_score_marks_run_failed_and_keeps_other_scores(score_cfg, projec
 
     monkeypatch.setitem(scores.REGISTRY, "logme", dataclasses.replace(real, fn=broken))
     with pytest.raises(scores.ScoreError, match="logme: logme exploded on purpose"):
-        run_score(score_cfg("splits=[iid]"))
+        run_score(score_cfg("splits=[train]"))
     runs = _runs(project)
     assert list(runs["status"]) == ["FAILED"]
     assert "logme exploded" in runs["tags.error"][0]
     assert math.isfinite(runs["metrics.score/hscore"][0])  # the other scores were kept
     # the next run retries the failed cell
     monkeypatch.setitem(scores.REGISTRY, "logme", real)
-    run_score(score_cfg("splits=[iid]"))
+    run_score(score_cfg("splits=[train]"))
     assert sorted(_runs(project)["status"]) == ["FAILED", "FINISHED"]
 
 
@@ -102,9 +108,9 @@ def test_crash_mid_run_is_never_left_running(score_cfg, project, monkeypatch):
     def crash(*a, **k):
         raise RuntimeError("simulated crash during extraction")
 
-    monkeypatch.setattr(score_stage, "extract_features", crash)
+    monkeypatch.setattr(features_module, "extract_features", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        run_score(score_cfg("splits=[iid]"))
+        run_score(score_cfg("splits=[train]"))
     runs = _runs(project)
     assert list(runs["status"]) == ["FAILED"]
 
@@ -141,7 +147,7 @@ def test_unknown_model_or_dataset_config():
 
 def test_score_all_logs_every_registered_scorer_with_extras(score_cfg, project):
     """score=all: the paper's seven and the later scorers, the subsample sizes, the model's published top-1."""
-    results = run_score(score_cfg("score=all", "splits=[iid]", "+score.options.nleep.seeds=[0,1,2]"))
+    results = run_score(score_cfg("score=all", "splits=[train]", "+score.options.nleep.seeds=[0,1,2]"))
     runs = _runs(project)
     assert len(runs) == 1 and runs["status"].iloc[0] == "FINISHED"
     run = runs.iloc[0]
@@ -161,14 +167,8 @@ def test_score_all_logs_every_registered_scorer_with_extras(score_cfg, project):
 
 
 def test_score_options_are_checked_and_make_new_cells_only_when_they_change_a_value(score_cfg, project):
-    cfg = score_cfg("score=parc", "splits=[iid]")
-    ids = score_stage.score_cell_ids
-    from omegaconf import OmegaConf
-
-    def cells(*overrides):
-        c = OmegaConf.to_container(score_cfg("score=parc", "splits=[iid]", *overrides), resolve=True)
-        names = score_stage.score_names(c["score"]["names"])
-        return ids(c, names, score_stage.score_options(c["score"]["options"], c["model"], names))
+    def cells(*overrides):  # a finished cell is skipped: its id comes back without a second computation
+        return run_score(score_cfg("score=parc", "splits=[train]", *overrides))[0].cell
 
     assert cells() == cells("+score.options.parc.max_samples=2000")  # spelling out the default
     assert cells() != cells("+score.options.parc.max_samples=100")
@@ -178,11 +178,11 @@ def test_score_options_are_checked_and_make_new_cells_only_when_they_change_a_va
         run_score(score_cfg("score=parc", "+score.options.parc.max_sample=10"))
     with pytest.raises(ValueError, match=r"score.options names unknown score\(s\) \['parcc'\]"):
         run_score(score_cfg("score=parc", "+score.options.parcc.seed=1"))
-    assert math.isfinite(run_score(cfg)[0].scores["parc"])
+    assert math.isfinite(run_score(score_cfg("score=parc", "splits=[train]", "force=true"))[0].scores["parc"])
 
 
 def test_imagenet_top1_without_a_published_value_fails_naming_the_option(score_cfg, project):
     with pytest.raises(Exception, match=r"model.imagenet_top1"):
-        run_score(score_cfg("score=imagenet_top1", "splits=[iid]", "model.imagenet_top1=null"))
+        run_score(score_cfg("score=imagenet_top1", "splits=[train]", "model.imagenet_top1=null"))
     runs = _runs(project)
     assert list(runs["status"]) == ["FAILED"] and "model.imagenet_top1" in runs["tags.error"].iloc[0]

@@ -84,7 +84,7 @@ def test_a_headless_model_is_scored_without_leep_and_nce_and_says_so(score_cfg, 
     weights = _weights(tmp_path, 0)
     results = run_score(score_cfg("model.arch=test_resnet", "model.package=null", f"model.weights={weights}",
                                   "model.head=none", "model.name=test_headless", "score.names=[logme,leep,nce,nleep]",
-                                  "splits=[iid]"))
+                                  "splits=[train]"))
     assert set(results[0].scores) == {"logme", "nleep"}
     mlflow.set_tracking_uri(f"sqlite:///{project}/mlruns/mlflow.db")
     run = mlflow.search_runs(experiment_names=["default/score"]).iloc[0]

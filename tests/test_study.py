@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import mlflow
+import pandas as pd
 import pytest
 
-from medxfer.stages.study import run_study
+from medxfer.workflows.study import run_study
 
 from conftest import compose_config
 
@@ -50,3 +51,14 @@ def test_study_end_to_end_then_resumes(project, shared_data_dir):
     assert len(ft) == 8 and set(ft["status"]) == {"FINISHED"}
     again = run_study(_study_cfg(shared_data_dir))
     assert again.counts["score"]["ran"] == 0 and again.counts["finetune"]["ran"] == 0
+    # an extra run with other settings in the same study (here 96 px instead of 64) is not read by the analysis,
+    # nor are the user's own data (the cells-and-manifest contract): same table, same taus
+    from medxfer.stages.score import run_score
+
+    run_score(compose_config("score", [f"paths.data_dir={shared_data_dir}", "model=efficientnet_lite0",
+                                       "dataset=synthetic_derm", *TINY_STAGE, "extract.progress=false", "score=all",
+                                       "preprocess.input_size=96"]))
+    third = run_study(_study_cfg(shared_data_dir))
+    assert third.counts["score"]["ran"] == 0
+    later = third.outputs["analysis"]
+    pd.testing.assert_frame_equal(later.iid, analysis.iid)

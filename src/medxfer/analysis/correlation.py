@@ -9,11 +9,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from medxfer.errors import MedxferError
+
 COLUMNS = ["dataset", "score", "n", "tau", "tau_lo", "tau_hi", "wtau", "pearson", "spearman", "regret"]
 REQUIRED = ["dataset", "model", "score", "value", "target"]
 
 
-class AnalysisError(ValueError):
+class AnalysisError(MedxferError, ValueError):
     """The table given to the analysis is unusable; the message names the row or value at fault."""
 
 

@@ -1,5 +1,7 @@
-"""Figures in the style of the paper's Figure 3: rows are datasets, columns scores, one marker per model,
-a least-squares line, and Kendall's tau in each panel."""
+"""Figures in the style of the paper's Figure 3: rows are datasets, columns scores, one marker per model (with
+its accuracy interval as an error bar where the study has per-sample predictions), a least-squares line,
+Kendall's tau in each panel, the legend naming the models outside the panels; at most ``max_columns`` scores per
+figure. And a heatmap of tau intervals (datasets x scores) with the ground truth's ceiling as its own column."""
 
 from __future__ import annotations
 
@@ -16,14 +18,34 @@ from medxfer.analysis.correlation import comparable
 MARKERS = ["o", "s", "^", "v", "D", "P", "X", "*", "<", ">", "h", "p"]
 
 
+MAX_COLUMNS = 8
+
+
+def correlation_figures(table: pd.DataFrame, corr: pd.DataFrame, *, title: str, target_label: str,
+                        scores: list[str] | None = None, errors: pd.DataFrame | None = None,
+                        max_columns: int = MAX_COLUMNS) -> list[Figure]:
+    """:func:`correlation_figure` for the scores in chunks of at most ``max_columns`` (one figure each, titled
+    "(part i/n)" when there are several)."""
+    scores = list(scores) if scores is not None else sorted(table["score"].unique())
+    if max_columns < 1:
+        raise ValueError(f"max_columns={max_columns}; expected at least 1")
+    chunks = [scores[i:i + max_columns] for i in range(0, len(scores), max_columns)] or [[]]
+    return [correlation_figure(table, corr, title=title if len(chunks) == 1 else f"{title} (part {i + 1}/{len(chunks)})",
+                               target_label=target_label, scores=chunk, errors=errors)
+            for i, chunk in enumerate(chunks)]
+
+
 def correlation_figure(table: pd.DataFrame, corr: pd.DataFrame, *, title: str, target_label: str,
-                       scores: list[str] | None = None) -> Figure:
+                       scores: list[str] | None = None, errors: pd.DataFrame | None = None) -> Figure:
     """One panel per (dataset, score): score value (x) against ``target`` (y) for every model.
 
     Args:
         table: long table ``dataset, model, score, value, target`` (what :func:`correlate` took).
         corr: the output of :func:`correlate` for it (tau per dataset and score is printed in each panel).
         scores: the columns, in order (None: every score of the table, sorted); e.g. ensembles after the scores.
+        errors: accuracy intervals ``dataset, model, acc_lo, acc_hi`` (e.g. from
+            :func:`medxfer.analysis.reliability.reliability_tables`), drawn as vertical error bars; models
+            without a row get none.
     """
     if len(table) == 0:
         raise ValueError(f"no data to plot for {title!r}")
@@ -33,6 +55,8 @@ def correlation_figure(table: pd.DataFrame, corr: pd.DataFrame, *, title: str, t
     cmap = matplotlib.colormaps["tab10"]
     style = {m: (MARKERS[i % len(MARKERS)], cmap(i % 10)) for i, m in enumerate(models)}
     tau = corr.set_index(["dataset", "score"])["tau"]
+    bars = {} if errors is None else {(d, m): (lo, hi) for d, m, lo, hi in
+                                      errors[["dataset", "model", "acc_lo", "acc_hi"]].itertuples(index=False)}
     # a bare Figure (no pyplot): no backend or display needed, and notebooks still render it inline
     fig = Figure(figsize=(2.3 * len(scores) + 1.5, 2.2 * len(datasets) + 0.6))
     axes = fig.subplots(len(datasets), len(scores), squeeze=False)
@@ -42,6 +66,10 @@ def correlation_figure(table: pd.DataFrame, corr: pd.DataFrame, *, title: str, t
             g = table[(table["dataset"] == dataset) & (table["score"] == score)]
             for _, row in g.iterrows():
                 marker, color = style[row["model"]]
+                if (dataset, row["model"]) in bars:
+                    lo, hi = bars[(dataset, row["model"])]
+                    ax.errorbar(row["value"], row["target"], yerr=[[max(row["target"] - lo, 0)], [max(hi - row["target"], 0)]],
+                                fmt="none", ecolor=color, elinewidth=0.8, capsize=2, alpha=0.8)
                 ax.scatter(row["value"], row["target"], marker=marker, color=color, s=28, label=row["model"])
             if len(g) >= 2 and np.ptp(comparable(g["value"])) > 0:  # not for last-bit noise (H-Score, N <= D)
                 x = g["value"].to_numpy(float)
@@ -60,9 +88,57 @@ def correlation_figure(table: pd.DataFrame, corr: pd.DataFrame, *, title: str, t
             if k == 0:
                 ax.set_ylabel(f"{dataset}\n{target_label}", fontsize=8)
     handles = [Line2D([], [], marker=style[m][0], color=style[m][1], ls="", label=m) for m in models]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(models), 5), fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(models) // 5), 1, 0.97))
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    # outside the panels, on the right; save_figure's tight bounding box keeps it in the file
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), ncol=1 + len(models) // 25,
+               fontsize=8, frameon=False, title="model" + (" (bars: accuracy interval)" if bars else ""),
+               title_fontsize=8)
+    return fig
+
+
+def tau_heatmap(intervals: pd.DataFrame, *, title: str, scores: list[str] | None = None) -> Figure:
+    """Datasets (rows, ``ALL`` last) x scores (columns, then ``ceiling``): the colour is tau, each cell says
+    tau and its two-level interval; grey text marks an interval that covers 0 (indistinguishable from random).
+
+    Args:
+        intervals: :func:`medxfer.analysis.reliability.reliability_tables`' interval table (``dataset, score,
+            tau, tau2_lo, tau2_hi, ceiling, verdict``).
+        scores: the score columns, in order (None: sorted).
+    """
+    from medxfer.analysis.reliability import RANDOM
+
+    if len(intervals) == 0:
+        raise ValueError(f"no tau intervals to draw for {title!r}")
+    scores = list(scores) if scores is not None else sorted(intervals["score"].unique())
+    datasets = sorted(set(intervals["dataset"]) - {"ALL"}) + (["ALL"] if "ALL" in set(intervals["dataset"]) else [])
+    cells = intervals.set_index(["dataset", "score"])
+    ceilings = intervals.drop_duplicates("dataset").set_index("dataset")["ceiling"]
+    columns = scores + ["ceiling"]
+    grid = np.full((len(datasets), len(columns)), np.nan)
+    fig = Figure(figsize=(1.25 * len(columns) + 2.2, 0.75 * len(datasets) + 1.6))
+    ax = fig.subplots()
+    for r, dataset in enumerate(datasets):
+        for k, score in enumerate(columns):
+            if score == "ceiling":
+                value = ceilings.get(dataset, np.nan)
+                text, colour = f"{value:.2f}", "black"
+            elif (dataset, score) in cells.index:
+                row = cells.loc[(dataset, score)]
+                value = row["tau"]
+                text = f"{value:.2f}\n[{row['tau2_lo']:.2f}, {row['tau2_hi']:.2f}]"
+                colour = "0.45" if row["verdict"] == RANDOM else "black"
+            else:
+                continue
+            grid[r, k] = value
+            ax.text(k, r, text, ha="center", va="center", fontsize=7, color=colour)
+    image = ax.imshow(grid, cmap="RdBu", vmin=-1, vmax=1, aspect="auto")
+    ax.axvline(len(scores) - 0.5, color="black", lw=1.5)
+    ax.set_xticks(range(len(columns)), [*scores, "ceiling\n(perfect score)"], rotation=40, ha="right", fontsize=8)
+    ax.set_yticks(range(len(datasets)), datasets, fontsize=8)
+    fig.colorbar(image, ax=ax, label="Kendall τ", shrink=0.8)
+    ax.set_title(f"{title}\nτ [two-level 95 % interval]; grey: interval covers 0 (indistinguishable from random)",
+                 fontsize=9)
     return fig
 
 
@@ -70,9 +146,17 @@ def save_figure(fig: Figure, stem: Path) -> list[Path]:
     """Write ``stem.png`` and ``stem.pdf``; returns both paths."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
-    fig.savefig(paths[0], dpi=150)
-    fig.savefig(paths[1])
+    # a tight bounding box: the legend outside the panels and rotated labels are never clipped
+    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight")
     return paths
+
+
+def save_figures(figs: list[Figure], stem: Path) -> list[Path]:
+    """Save one figure as ``stem``, several as ``stem_part1``, ``stem_part2``, ... (PNG and PDF each)."""
+    if len(figs) == 1:
+        return save_figure(figs[0], stem)
+    return [p for i, fig in enumerate(figs) for p in save_figure(fig, stem.with_name(f"{stem.name}_part{i + 1}"))]
 
 
 def figure_png(fig: Figure, dpi: int = 110) -> bytes:
@@ -80,5 +164,5 @@ def figure_png(fig: Figure, dpi: int = 110) -> bytes:
     import io
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")  # the legend sits outside the panels
     return buf.getvalue()

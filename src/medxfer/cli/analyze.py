@@ -9,13 +9,17 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from medxfer.cli._errors import reports_errors
 from medxfer.cli._hydra import task_overrides
+from medxfer.cli._warnings import filter_known_warnings
 from medxfer.config import config_dir
-from medxfer.stages.analyze import run_analyze
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="analyze")
+@reports_errors
 def main(cfg: DictConfig) -> None:
+    filter_known_warnings()
+    from medxfer.stages.analyze import run_analyze  # after composing: a typo fails before torch loads
     result = run_analyze(cfg, overrides=task_overrides())
     print("[analyze] figures:\n  " + "\n  ".join(str(p) for p in result.figures))
 

@@ -15,13 +15,17 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from medxfer.cli._errors import reports_errors
+from medxfer.cli._warnings import filter_known_warnings
 from medxfer.config import config_dir
 from medxfer.data.tables import DataError
-from medxfer.stages.data import render, run_data
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="data")
+@reports_errors
 def main(cfg: DictConfig) -> None:
+    filter_known_warnings()
+    from medxfer.stages.data import render, run_data  # after composing: a typo fails before torch loads
     try:
         report = run_data(cfg)
     except DataError as err:

@@ -19,9 +19,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from medxfer.cli._errors import reports_errors
 from medxfer.cli._hydra import task_overrides
+from medxfer.cli._warnings import filter_known_warnings
 from medxfer.config import config_dir
-from medxfer.stages.rank import run_rank
 
 
 def rank_overrides(args: Iterable[str]) -> list[str]:
@@ -88,7 +89,10 @@ def _csv_header(path: Path) -> list[str]:
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="rank")
+@reports_errors
 def _main(cfg: DictConfig) -> None:
+    filter_known_warnings()
+    from medxfer.stages.rank import run_rank  # after composing: a typo fails before torch loads
     run_rank(cfg, overrides=task_overrides())
 
 

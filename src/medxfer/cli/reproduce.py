@@ -13,9 +13,12 @@ import argparse
 import os
 import sys
 
+from medxfer.cli._errors import reports_errors
 import medxfer.config  # noqa: F401 - registers resolvers
+from medxfer.cli._warnings import filter_known_warnings
 
 
+@reports_errors
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="medxfer-reproduce", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_id")
@@ -32,7 +35,8 @@ def main(argv: list[str] | None = None) -> None:
             uri = item.split("=", 1)[1]
         else:
             overrides.append(item)
-    from medxfer.stages.reproduce import reproduce
+    filter_known_warnings()
+    from medxfer.workflows.reproduce import reproduce
 
     comparison = reproduce(args.run_id, overrides, tracking_uri=uri, tolerance=args.tolerance)
     print(f"original run {comparison.original}  ->  reproduction {comparison.reproduction}")

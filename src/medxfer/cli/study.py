@@ -9,12 +9,16 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from medxfer.cli._errors import reports_errors
+from medxfer.cli._warnings import filter_known_warnings
 from medxfer.config import config_dir
-from medxfer.stages.study import run_study
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="study")
+@reports_errors
 def main(cfg: DictConfig) -> None:
+    filter_known_warnings()
+    from medxfer.workflows.study import run_study  # after composing: a typo fails before torch loads
     report = run_study(cfg)
     print("[study] done: " + "; ".join(
         f"{stage} {c['ran']} ran, {c['skipped']} already finished ({report.seconds[stage]:.0f} s)"

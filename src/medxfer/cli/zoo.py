@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import sys
 
+from medxfer.cli._errors import reports_errors
+from medxfer.cli._warnings import filter_known_warnings
 from medxfer.config import config_dir
 
 COMMANDS = ("list", "fetch", "predict")
 
 
+@reports_errors
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(__doc__.strip(), file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
+    filter_known_warnings()
     from hydra import compose, initialize_config_dir
 
     from medxfer.models.zoo import ModelError

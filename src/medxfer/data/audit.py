@@ -56,7 +56,7 @@ def _image_problem(path: str, check: str) -> str | None:
                 img.verify()  # header and, for PNG, the chunk checksums; no decoding
     except FileNotFoundError:
         return "file not found"
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         return str(err) or type(err).__name__
     return None
 

@@ -50,6 +50,7 @@ def load_dataset(cfg: dict[str, Any], *, check_splits: bool = True) -> DatasetSp
     if cfg.get("ood"):
         ood_cfg = dict(cfg["ood"])
         ood_cfg.setdefault("name", f"{name}_ood")
+        ood_cfg.setdefault("duplicates", cfg.get("duplicates"))
         ood_spec = source_from_config(ood_cfg)
         if from_files and split_cfg.get("ood"):
             if ood_spec.source != "csv":

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medxfer.data.duplicates import check_policy, resolve_duplicates
 from medxfer.data.tables import DataError, SampleTable, encode_labels, resolve_under
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
@@ -57,6 +58,7 @@ class SourceSpec:
     medmnist_size: int = 28
     synthetic: dict[str, Any] = field(default_factory=dict)
     download_hint: str | None = None
+    duplicates: str = "error"  # error | drop: an image listed twice, or two files with the same bytes
 
 
 def source_from_config(node: dict[str, Any]) -> SourceSpec:
@@ -80,6 +82,7 @@ def source_from_config(node: dict[str, Any]) -> SourceSpec:
         kwargs["medmnist_flag"] = node["medmnist"].get("flag")
         kwargs["medmnist_size"] = int(node["medmnist"].get("size", 28))
     kwargs["synthetic"] = dict(node.get("synthetic") or {})
+    kwargs["duplicates"] = check_policy(node.get("duplicates"), str(node.get("name")))
     return SourceSpec(**kwargs)
 
 
@@ -114,8 +117,11 @@ def _generate(spec: SourceSpec) -> SourceSpec:
     return SourceSpec(**{**spec.__dict__, "source": "csv", "csv": Path(csv_path).name, "group_col": spec.group_col or "group"})
 
 
-def read_csv(spec: SourceSpec) -> SampleTable:
+def read_csv(spec: SourceSpec, *, contents: bool = True) -> SampleTable:
     """Read a CSV table of images; the error names the file and the row at fault.
+
+    An image listed in two rows (or, with ``contents``, two files with the same bytes) is an error or dropped,
+    as ``spec.duplicates`` says (:mod:`medxfer.data.duplicates`).
 
     ``spec.csv`` is relative to ``spec.root`` or absolute (a published split file kept apart from the images).
     Each image path loses ``strip_prefix`` (the paper's CSVs start every path with ``/``, meaning the dataset
@@ -173,6 +179,10 @@ def read_csv(spec: SourceSpec) -> SampleTable:
         rel = spec.image_template.format(image=value)
         ids.append(rel)
         paths.append(resolve_under(spec.root, rel, allow_absolute=spec.allow_absolute_paths, where=where))
+    unique = resolve_duplicates(paths, raw, [f"row {i + 2}" for i in keep], source=str(path),
+                                policy=spec.duplicates, contents=contents)
+    if len(unique) < len(paths):
+        keep, paths, ids, raw = keep[unique], [paths[j] for j in unique], [ids[j] for j in unique], [raw[j] for j in unique]
     labels, names = encode_labels(raw, str(path), spec.classes, [f"row {i + 2}" for i in keep])
     return SampleTable(
         name=spec.name, labels=labels, class_names=names, paths=tuple(paths),
@@ -214,6 +224,10 @@ def read_folder(spec: SourceSpec) -> SampleTable:
         raw.append(label)
         rels.append(str(rel))
         kept.append(f)
+    unique = resolve_duplicates(kept, raw, rels, source=str(spec.root), policy=spec.duplicates)
+    if len(unique) < len(kept):
+        raw, rels, kept = [raw[j] for j in unique], [rels[j] for j in unique], [kept[j] for j in unique]
+        groups = [groups[j] for j in unique] if pattern else groups
     labels, names = encode_labels(raw, str(spec.root), spec.classes, [str(f) for f in kept])
     return SampleTable(
         name=spec.name, labels=labels, class_names=names, paths=tuple(kept),

@@ -245,7 +245,7 @@ def generate_synthetic(
     seed: int = 0,
     ood: bool = False,
     images_per_group: tuple[int, int] = (1, 3),
-    progress: bool = True,
+    progress: bool | str = "auto",
 ) -> Path:
     """Draw a synthetic dataset for ``task`` into ``root`` (idempotent) and return the path of its labels.csv.
 
@@ -258,7 +258,7 @@ def generate_synthetic(
         ood: draw the out-of-distribution variant (other acquisition; a different random stream).
         images_per_group: (min, max) images per synthetic patient; the last patient of a class may have
             fewer than min when needed to reach exactly ``n_per_class``.
-        progress: show a tqdm progress bar.
+        progress: a tqdm progress bar: true, false or ``"auto"`` (on a terminal only).
 
     Returns:
         ``root / "labels.csv"``.  Columns: ``image`` (relative path, e.g. ``images/000123.png``), ``label``
@@ -307,8 +307,10 @@ def generate_synthetic(
     return labels_path
 
 
-def _write(t: SyntheticTask, out: Path, params: dict, progress: bool) -> None:
+def _write(t: SyntheticTask, out: Path, params: dict, progress: bool | str) -> None:
     from tqdm import tqdm
+
+    from medxfer.progress import show_progress
 
     n, size, seed, ood = params["n_per_class"], params["image_size"], params["seed"], params["ood"]
     lo, hi = params["images_per_group"]
@@ -317,7 +319,8 @@ def _write(t: SyntheticTask, out: Path, params: dict, progress: bool) -> None:
     (out / _IMAGES).mkdir()
     rows = []
     desc = f"{t.name}{' (ood)' if ood else ''}"
-    with tqdm(total=n * t.n_classes, desc=desc, unit="img", disable=not progress, leave=False) as bar:
+    with tqdm(total=n * t.n_classes, desc=desc, unit="img", disable=not show_progress(progress, "dataset.synthetic.progress"),
+              leave=False) as bar:
         for g, (c, p, k) in enumerate(plan):
             traits = t.patient(np.random.default_rng([seed, int(ood), key, c, p]), c, ood)
             for j in range(k):

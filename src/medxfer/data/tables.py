@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from medxfer.errors import MedxferError
 
 
-class DataError(ValueError):
+class DataError(MedxferError, ValueError):
     """Bad or missing data: the message names the file, row, value or option at fault."""
 
 
@@ -84,6 +85,12 @@ class SampleTable:
                 return to_rgb(img)
         except FileNotFoundError:
             raise DataError(f"{self.name}: image file not found: {path} (row {i} of the split)") from None
+        except Image.DecompressionBombError as err:  # a header claiming gigapixels: damaged, or not this dataset's
+            raise DataError(
+                f"{self.name}: image {path} (row {i} of the split) is refused: {err} Its header claims far more "
+                "pixels than a medical image of this kind has; replace or remove the file "
+                "(`medxfer-data images=decode` lists every unreadable image)"
+            ) from None
         except (UnidentifiedImageError, OSError, SyntaxError) as err:
             raise DataError(f"{self.name}: cannot read image {path} (row {i} of the split): {err}") from None
 

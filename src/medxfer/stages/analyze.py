@@ -17,6 +17,7 @@ from medxfer.analysis.correlation import correlate
 from medxfer.analysis.ensembles import EnsembleWarning, add_ensembles, parse_ensembles
 from medxfer.analysis.figures import correlation_figure, correlation_figures, save_figure, save_figures
 from medxfer.analysis.ground_truth import ground_truth_reliability, n_params
+from medxfer.analysis.report import describe_study
 from medxfer.analysis.runs import study_tables
 from medxfer.errors import MedxferError
 from medxfer.tracking import cell_run, ensure_experiment, setup_tracking
@@ -141,6 +142,10 @@ def run_analyze(cfg: DictConfig, overrides: list[str] | None = None) -> Analysis
             tracking.set_tags({"leaking_cells": ", ".join(f"{m}@{d}" for m, d in tables.leaks)})
         if ensemble_warnings or baseline_notes:
             tracking.log_text("\n".join(ensemble_warnings + baseline_notes) + "\n", "warnings.txt")
+        datasets = sorted(set(tables.iid["dataset"]))
+        tracking.set_tags({"mlflow.note.content": describe_study(
+            study, sorted(set(tables.iid["model"])), datasets, iid, reliability.reliability,
+            [p for p in figures if str(p).endswith(".png")], synthetic=all(d.startswith("synthetic") for d in datasets))})
     print(f"[analyze] study {study}: {tables.iid['model'].nunique()} models x {tables.iid['dataset'].nunique()} datasets; "
           f"tau table (in distribution):\n" + iid.pivot(index="dataset", columns="score", values="tau")
           [_score_order(iid_table, names + list(BASELINES))].round(2).to_string())

@@ -272,8 +272,10 @@ def _same_ensemble(run_id: str, name: str, kind: str, scores: list[str], alpha: 
     if kind == "linear" and not math.isclose(float(spec.get("alpha", 1e-3)), alpha):
         return False
     theirs = spec.get("scores")
-    if theirs is None:  # every score of the analysis' table
-        theirs = set(table.loc[table["dataset"] == "ALL", "score"]) - set(ensembles)
+    if theirs is None:  # every score of the analysis' table; the baselines are added after, never ensembled
+        from medxfer.analysis.baselines import BASELINES
+
+        theirs = set(table.loc[table["dataset"] == "ALL", "score"]) - set(ensembles) - set(BASELINES)
     return set(theirs) == set(scores)
 
 
@@ -527,6 +529,7 @@ def _split_features(spec, weights, table, dataset_name: str, c: dict[str, Any], 
     from medxfer.data.transforms import resolve_preprocess
     from medxfer.models.zoo import create_model, model_data_config, state_dict_digest
     from medxfer.cells import digest_store, table_digest
+    from medxfer.data.decoded import decoded_cache_for
     from medxfer.models.features import split_features
 
     model = create_model(spec, weights)
@@ -534,7 +537,7 @@ def _split_features(spec, weights, table, dataset_name: str, c: dict[str, Any], 
     print(f"{progress}: features of {len(table)} images ({preprocess.input_size} px), cached or extracted", flush=True)
     data_digest = table_digest(table, digest_store(c["paths"]["cache_dir"]))
     return split_features(model, spec, state_dict_digest(model), table, data_digest, dataset_name, SPLIT, preprocess,
-                          cache, c["extract"])
+                          cache, c["extract"], decoded=decoded_cache_for(c["extract"], c["paths"]["cache_dir"]))
 
 
 def _compute(feats, labels, names: list[str], device: str | None, options: dict, model: str) -> dict[str, float]:

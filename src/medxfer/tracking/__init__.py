@@ -7,6 +7,7 @@ from medxfer.tracking.store import (
     active_run_id,
     cell_id,
     cell_run,
+    current_uri,
     download_artifact,
     ensure_experiment,
     environment_tags,
@@ -31,7 +32,7 @@ from medxfer.tracking.store import (
 )
 
 __all__ = [
-    "CellClaimed", "TrackingError", "active_run_id", "cell_id", "cell_run", "download_artifact", "finished_frame", "ensure_experiment", "environment_tags",
+    "CellClaimed", "TrackingError", "active_run_id", "cell_id", "cell_run", "current_uri", "download_artifact", "finished_frame", "ensure_experiment", "environment_tags",
     "find_finished_run", "get_run", "list_artifacts", "finished_runs_of", "log_artifact", "log_artifacts", "log_dict", "log_input", "log_metrics",
     "log_params", "log_text", "reap_dead_runs", "search", "search_all", "set_run_tag", "set_tags", "setup_tracking",
 ]

@@ -98,7 +98,9 @@ def ensure_experiment(name: str, artifact_root: str | None) -> str:
         location = (Path(artifact_root) / name.replace("/", "-")).resolve().as_uri() if "://" not in artifact_root \
             else f"{artifact_root.rstrip('/')}/{name.replace('/', '-')}"
     try:
-        return retry_locked(client.create_experiment, name, artifact_location=location)
+        # the UI opens an experiment of this kind on its runs table (MLflow 3 otherwise guesses a GenAI overview)
+        return retry_locked(client.create_experiment, name, artifact_location=location,
+                            tags={"mlflow.experimentKind": "custom_model_development"})
     except MlflowException:
         exp = client.get_experiment_by_name(name)
         if exp is None:
@@ -389,4 +391,18 @@ def log_input(name: str, digest: str, location: str, n_samples: int, class_count
             return {"num_rows": n_samples, "classes": class_counts}
 
     dataset = _SplitDataset(LocalArtifactDatasetSource(location), name=name, digest=digest[:16])
-    retry_locked(mlflow.log_input, dataset, context=context)
+    for attempt in range(3):
+        try:
+            retry_locked(mlflow.log_input, dataset, context=context)
+            return
+        except MlflowException as err:
+            # two processes logging the same split at once: the store's unique (experiment, name, digest) index
+            # refuses the second insert; the dataset now exists, and logging again links the run to it
+            duplicate = "UNIQUE constraint failed" in str(err) or "duplicate key" in str(err)
+            if not duplicate or attempt == 2:
+                raise
+
+
+def current_uri() -> str:
+    """The tracking URI MLflow points at (credentials masked), for messages."""
+    return redact_text(mlflow.get_tracking_uri())

@@ -5,9 +5,8 @@ from __future__ import annotations
 import math
 
 import lightning as L
-import mlflow
 
-from medxfer.tracking.retry import retry_locked
+from medxfer import tracking
 
 #: Per-epoch metrics copied to MLflow, by the name the module logs them under.
 EPOCH_METRICS = ("train/loss", "val/loss", "val/bal_acc")
@@ -29,10 +28,10 @@ class MlflowEpochMetrics(L.Callback):
         self._lr = float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else None
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or mlflow.active_run() is None:
+        if trainer.sanity_checking or tracking.active_run_id() is None:
             return
         values = {k: float(trainer.callback_metrics[k]) for k in EPOCH_METRICS if k in trainer.callback_metrics}
         if self._lr is not None:
             values["train/lr"] = self._lr
         values = {k: v for k, v in values.items() if math.isfinite(v)}
-        retry_locked(mlflow.log_metrics, values, step=trainer.current_epoch)
+        tracking.log_metrics(values, step=trainer.current_epoch)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from torch.utils.data import DataLoader
 
+from medxfer.data.loading import batches_of, resolve_num_workers, uses_gpu
 from medxfer.data.tables import DataError, DatasetSplits, SampleTable
 from medxfer.data.transforms import ImageDataset, Preprocess, eval_transform, train_transform
 
@@ -37,12 +38,18 @@ def check_trainable(data: DatasetSplits) -> None:
         )
 
 
-def make_loader(table: SampleTable, preprocess: Preprocess, *, train: bool, batch_size: int, num_workers: int) -> DataLoader:
-    """Training loader (paper's augmentation, shuffled) or evaluation loader (resize + centre crop, in order)."""
+def make_loader(table: SampleTable, preprocess: Preprocess, *, train: bool, batch_size: int, num_workers: int | str,
+                accelerator: str = "cpu") -> DataLoader:
+    """Training loader (paper's augmentation, shuffled) or evaluation loader (resize + centre crop, in order).
+
+    ``num_workers``: loader processes or ``"auto"`` (:func:`medxfer.data.loading.resolve_num_workers`); they
+    persist across epochs (no re-fork per epoch). Batches are pinned when ``accelerator`` runs on a GPU.
+    """
     transform = train_transform(preprocess) if train else eval_transform(preprocess)
     # a last training batch of one sample would make BatchNorm fail on some backbones; drop it
     drop_last = train and len(table) % batch_size == 1 and len(table) > batch_size
+    workers = resolve_num_workers(num_workers, option="finetune.num_workers", batches=batches_of(len(table), batch_size))
     return DataLoader(
-        ImageDataset(table, transform), batch_size=batch_size, shuffle=train, num_workers=num_workers,
-        drop_last=drop_last, persistent_workers=num_workers > 0,
+        ImageDataset(table, transform), batch_size=batch_size, shuffle=train, num_workers=workers,
+        drop_last=drop_last, persistent_workers=workers > 0, pin_memory=uses_gpu(accelerator),
     )

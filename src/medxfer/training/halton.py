@@ -13,12 +13,14 @@ from typing import Sequence
 
 from scipy.stats import qmc
 
+from medxfer.errors import MedxferError
+
 #: The paper's search space.
 LR_BOUNDS = (1e-4, 1e-1)
 WD_BOUNDS = (1e-6, 1e-4)
 
 
-class SearchSpaceError(ValueError):
+class SearchSpaceError(MedxferError, ValueError):
     """A trial index or a search-space bound that the Halton search cannot use."""
 
 

@@ -21,7 +21,8 @@ class FineTuner(L.LightningModule):
     (``backbone.reset_classifier(num_classes)``), so ``self.model.get_classifier()`` is the new head.
 
     Logs ``train/loss`` (epoch mean), ``val/loss`` and ``val/bal_acc`` (balanced accuracy = mean per-class
-    recall), and in ``test`` ``test/bal_acc`` and ``test/acc``.
+    recall), and in ``test`` ``test/bal_acc`` and ``test/acc``; after ``test``, ``test_predictions`` holds the
+    (probabilities, labels) of every batch, in loader order.
     """
 
     def __init__(
@@ -59,9 +60,15 @@ class FineTuner(L.LightningModule):
         self.log("val/loss", self.loss(logits, y), on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         self.log("val/bal_acc", self.val_bal_acc, on_step=False, on_epoch=True, prog_bar=True)
 
+    def on_test_epoch_start(self) -> None:
+        self.test_predictions: list[tuple[torch.Tensor, torch.Tensor]] = []
+
     def test_step(self, batch, batch_idx):
         x, y = batch
         logits = self(x)
+        # the very logits the test metrics see, so the per-sample predictions reproduce them exactly; float64
+        # keeps the softmax from tying logits that differ
+        self.test_predictions.append((torch.softmax(logits.detach().double(), dim=1).cpu(), y.detach().cpu()))
         self.test_bal_acc.update(logits, y)
         self.test_acc.update(logits, y)
         self.log("test/loss", self.loss(logits, y), on_step=False, on_epoch=True, batch_size=len(y))

@@ -17,6 +17,8 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
+from medxfer.errors import MedxferError
+
 __all__ = ["CONVERTERS", "ConversionError", "get_converter", "register_converter"]
 
 # modules imported on first use, so that onnx / h5py / tensorboard load only for the formats a study needs
@@ -25,7 +27,7 @@ _MODULES = ("torch_state", "tf_graphdef", "tfjs", "keras3", "onnx_graph")
 CONVERTERS: dict[str, Callable] = {}
 
 
-class ConversionError(ValueError):
+class ConversionError(MedxferError, ValueError):
     """A weights file does not fit the mapping a converter relies on."""
 
 

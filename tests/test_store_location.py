@@ -1,0 +1,78 @@
+"""Tracking stores are not created by accident, and a SQLite store's artifacts go beside it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from medxfer.tracking import ensure_experiment, setup_tracking
+from medxfer.tracking.location import StoreLocationError, default_artifact_root
+
+
+def test_a_mistyped_sqlite_path_is_an_error_naming_the_folder(tmp_path):
+    folder = tmp_path / "no" / "such" / "dir"
+    with pytest.raises(StoreLocationError) as err:
+        setup_tracking(f"sqlite:///{folder}/mlflow.db")
+    assert f"the folder {folder} of the tracking store mlflow.db does not exist" in str(err.value)
+    assert "tracking.create=true" in err.value.hint
+    assert not folder.exists() and not (tmp_path / "no").exists()
+
+
+def test_create_true_makes_a_new_store_whose_artifacts_go_beside_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MLflow's own default would be ./mlruns here
+    folder = tmp_path / "elsewhere" / "store"
+    uri = f"sqlite:///{folder}/mlflow.db"
+    setup_tracking(uri, create=True)
+    exp = mlflow.get_experiment(ensure_experiment("s/score", None))
+    assert exp.artifact_location == (folder / "artifacts" / "s-score").as_uri()
+    assert not (tmp_path / "mlruns").exists()
+    assert default_artifact_root(uri) == str(folder / "artifacts")
+
+
+def test_the_default_project_store_is_still_created_on_first_use(tmp_path):
+    setup_tracking(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    assert (tmp_path / "mlruns" / "mlflow.db").is_file()
+
+
+def test_create_false_refuses_even_the_default_folder(tmp_path):
+    with pytest.raises(StoreLocationError, match="does not exist"):
+        setup_tracking(f"sqlite:///{tmp_path}/mlruns/mlflow.db", create=False)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder on a read-only file system holding a SQLite store (needs root to mount a tmpfs)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a read-only file system needs root")
+    src = tmp_path / "src"
+    setup_tracking(f"sqlite:///{src}/mlflow.db", create=True)
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(mount)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        (mount / "mlruns").mkdir()
+        (mount / "mlruns" / "mlflow.db").write_bytes((src / "mlflow.db").read_bytes())
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_store_on_a_read_only_file_system_fails_at_once_naming_it(read_only_dir):
+    import time
+
+    t0 = time.perf_counter()
+    with pytest.raises(StoreLocationError) as err:
+        setup_tracking(f"sqlite:///{read_only_dir}/mlruns/mlflow.db")
+    assert time.perf_counter() - t0 < 5
+    assert f"{read_only_dir}/mlruns is not writable: read-only file system" in str(err.value)
+
+
+def test_a_uri_that_is_not_one_is_an_error():
+    with pytest.raises(StoreLocationError, match="tracking.uri='not-a-uri' is not a tracking URI"):
+        setup_tracking("not-a-uri")
