@@ -308,9 +308,9 @@ def _tau_from_runs(iid: pd.DataFrame, study: str, score: str, kind: str | None, 
 
 def linear_weights(study: str, iid: pd.DataFrame, scores: list[str], *, alpha: float) -> pd.Series:
     """``ens_linear``'s weights: :func:`fit_linear_pooling` on the study's scores and selected fine-tuned
-    accuracies (``iid``, the study's table from :func:`load_study`); a study without tracked data is an error
+    accuracies (``iid``, the study's table from :func:`medxfer.analysis.runs.study_tables`); a study without tracked data is an error
     that says what to do."""
-    if not len(iid):
+    if iid is None or not len(iid):
         raise RankError(
             f"score=ens_linear fits its weights on the tracked study {study!r}, which has no (score run, fine-tune "
             "run) pair in this tracking store. Run the study first (make study, or medxfer-score and "
@@ -481,10 +481,10 @@ def _study_iid(c: dict[str, Any], table: Any) -> tuple[pd.DataFrame | None, list
     try:  # the study's grid as medxfer-analyze composes it (rank.study_overrides: e.g. [experiment=paper])
         study = OmegaConf.to_container(
             compose_config("analyze", [*common_overrides(c), *(c["rank"].get("study_overrides") or [])]), resolve=True)
-        other = _other_settings(c, study)
-        if other:
-            return None, [], other, None
         tables = study_tables(study)
+        other = _other_settings(c, study) if len(tables.iid) else None
+        if other:  # the study has runs, but of other settings than this ranking's
+            return None, [], other, None
     except Exception as err:  # noqa: BLE001 - a study that cannot be read gives no tau, not a failed ranking
         print(f"[rank] cannot read study {c['study']!r} ({type(err).__name__}: {err}); no tau", flush=True)
         return None, [], None, None
