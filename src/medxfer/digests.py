@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
+from typing import Iterator
 
-__all__ = ["FileDigests", "file_sha256", "path_sha256"]
+__all__ = ["FileDigests", "file_sha256", "path_sha256", "published_with_checksum"]
 
 
 def file_sha256(path: str | Path) -> str:
@@ -29,6 +31,23 @@ def path_sha256(path: str | Path) -> str:
     for f in sorted(p for p in path.rglob("*") if p.is_file()):
         h.update(f"{f.relative_to(path).as_posix()}\0{file_sha256(f)}\n".encode())
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def published_with_checksum(tmp: str | Path, path: Path) -> "Iterator[None]":
+    """Publish the file the block writes at ``tmp`` (in ``path``'s folder) as ``path``, with its SHA-256 in
+    ``path.with_suffix('.sha256')``: checksum first, then one atomic rename each, so a reader never sees a half
+    file; on an error nothing is published and the temporary files are removed (the caches' write)."""
+    tmp = str(tmp)
+    try:
+        yield
+        Path(tmp + ".sha256").write_text(file_sha256(tmp) + "\n")
+        os.replace(tmp + ".sha256", path.with_suffix(".sha256"))
+        os.replace(tmp, path)
+    finally:
+        for leftover in (tmp, tmp + ".sha256"):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
 
 
 class FileDigests:

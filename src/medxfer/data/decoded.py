@@ -26,7 +26,7 @@ from torchvision.transforms import functional as TF
 
 from medxfer.data.tables import SampleTable
 from medxfer.data.transforms import EVAL_PIXELS_VERSION, Preprocess, eval_geometry
-from medxfer.digests import file_sha256
+from medxfer.digests import file_sha256, published_with_checksum
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class DecodedImageCache:
         fd, tmp = tempfile.mkstemp(prefix=path.stem, suffix=".tmp.npy", dir=path.parent)
         os.close(fd)
         rows = _DecodeRows(table, preprocess)
-        try:
+        with published_with_checksum(tmp, path):
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(table), *rows.shape))
             loader = DataLoader(rows, batch_size=_BUILD_BATCH, shuffle=False, num_workers=num_workers,
                                 collate_fn=_stack)
@@ -174,12 +174,3 @@ class DecodedImageCache:
                 out[index] = pixels
             out.flush()
             del out
-            digest = file_sha256(Path(tmp))
-            tmp_digest = tmp + ".sha256"
-            Path(tmp_digest).write_text(digest + "\n")
-            os.replace(tmp_digest, path.with_suffix(".sha256"))
-            os.replace(tmp, path)
-        finally:
-            for leftover in (tmp, tmp + ".sha256"):
-                if os.path.exists(leftover):
-                    os.unlink(leftover)

@@ -7,8 +7,6 @@ a temporary name and renamed into place, so a truncated or corrupted file is det
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import tempfile
@@ -24,7 +22,7 @@ from torch.utils.data import DataLoader
 from medxfer.data.decoded import DecodedBatches, DecodedImageCache
 from medxfer.data.loading import available_cores, batches_of, is_auto, resolve_num_workers, uses_gpu
 from medxfer.data.tables import SampleTable
-from medxfer.digests import file_sha256
+from medxfer.digests import file_sha256, published_with_checksum
 from medxfer.interrupts import lightning_interrupts
 from medxfer.progress import show_progress
 from medxfer.data.transforms import ImageDataset, Preprocess, eval_transform
@@ -133,11 +131,6 @@ def extract_features(
     return Features(feats, probs, labels)
 
 
-def cache_key(**parts) -> str:
-    """A stable hex key for the JSON-serialisable ``parts``."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
 class FeatureCache:
     """Features on disk under ``root/<model>/<dataset>/<split>-<key>.npz``, each with a ``.sha256`` file."""
 
@@ -172,14 +165,5 @@ class FeatureCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=path.stem, suffix=".tmp.npz", dir=path.parent)
         os.close(fd)
-        try:
+        with published_with_checksum(tmp, path):
             np.savez(tmp, features=feats.features, probs=feats.probs, labels=feats.labels)
-            digest = file_sha256(Path(tmp))
-            tmp_digest = tmp + ".sha256"
-            Path(tmp_digest).write_text(digest + "\n")
-            os.replace(tmp_digest, path.with_suffix(".sha256"))
-            os.replace(tmp, path)
-        finally:
-            for leftover in (tmp, tmp + ".sha256"):
-                if os.path.exists(leftover):
-                    os.unlink(leftover)

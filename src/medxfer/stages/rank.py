@@ -49,7 +49,8 @@ from medxfer.analysis.runs import study_tables
 from medxfer.config import config_dir
 from medxfer.scores.isolated import single_thread
 from medxfer import tracking
-from medxfer.tracking import cell_id, cell_run, ensure_experiment, setup_tracking
+from medxfer.cells import hash_parts
+from medxfer.tracking import cell_run, ensure_experiment, setup_tracking
 
 #: Ensembles ``score=`` accepts, with their kind in :mod:`medxfer.analysis.ensembles`.
 ENSEMBLES = {"ens_rank": "rank", "ens_z": "zscore", "ens_linear": "linear"}
@@ -406,7 +407,7 @@ def run_rank(cfg: DictConfig, overrides: list[str] | None = None) -> RankResult:
 
     cache = FeatureCache(c["paths"]["cache_dir"] + "/features")
     tags = {"stage": "rank", "study": study, "dataset": dataset_name, "score": score, "model": "all", "split": SPLIT,
-            "cell": cell_id({"stage": "rank", "models": list(models), "dataset": dataset_name,
+            "cell": hash_parts({"stage": "rank", "models": list(models), "dataset": dataset_name,
                              "split_digest": table.digest(), "score": score, "scores": names,
                              "preprocess": c["preprocess"]})}
     if csv_file:

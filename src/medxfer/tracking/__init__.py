@@ -5,13 +5,11 @@ from medxfer.tracking.store import (
     CellClaimed,
     TrackingError,
     active_run_id,
-    cell_id,
     cell_run,
     current_uri,
     download_artifact,
     ensure_experiment,
     environment_tags,
-    find_finished_run,
     finished_frame,
     finished_runs_of,
     get_run,
@@ -32,7 +30,7 @@ from medxfer.tracking.store import (
 )
 
 __all__ = [
-    "CellClaimed", "TrackingError", "active_run_id", "cell_id", "cell_run", "current_uri", "download_artifact", "finished_frame", "ensure_experiment", "environment_tags",
-    "find_finished_run", "get_run", "list_artifacts", "finished_runs_of", "log_artifact", "log_artifacts", "log_dict", "log_input", "log_metrics",
+    "CellClaimed", "TrackingError", "active_run_id", "cell_run", "current_uri", "download_artifact", "finished_frame", "ensure_experiment", "environment_tags",
+    "get_run", "list_artifacts", "finished_runs_of", "log_artifact", "log_artifacts", "log_dict", "log_input", "log_metrics",
     "log_params", "log_text", "reap_dead_runs", "search", "search_all", "set_run_tag", "set_tags", "setup_tracking",
 ]

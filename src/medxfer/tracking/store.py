@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -106,20 +105,6 @@ def ensure_experiment(name: str, artifact_root: str | None) -> str:
         if exp is None:
             raise
         return exp.experiment_id
-
-
-def cell_id(parts: dict[str, Any]) -> str:
-    """A short stable hash of what defines a cell (model, dataset, split, scores, preprocessing...)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def find_finished_run(experiment_id: str, cell: str) -> str | None:
-    """The id of a FINISHED run of ``cell`` in the experiment, or None."""
-    runs = retry_locked(
-        MlflowClient().search_runs,
-        [experiment_id], filter_string=f"tags.cell = '{cell}' and attributes.status = 'FINISHED'", max_results=1,
-    )
-    return runs[0].info.run_id if runs else None
 
 
 def _pid_alive(pid: int) -> bool:
