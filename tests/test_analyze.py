@@ -155,6 +155,25 @@ def test_incomplete_study_lists_missing_cells(study_project, tracked_study):
     assert result.missing and set(result.iid[result.iid.dataset == dataset].n) == {len(tracked_study.models) - 1}
 
 
+def test_runs_tracked_before_cell_schema_2_are_read_with_legacy_true(study_project, tracked_study):
+    """A store written before cells were keyed by content (no cell tags, training split named ``iid``): the
+    manifest finds none of its cells, and ``legacy=true`` reads the runs the old way, to the same table."""
+    import sqlite3
+
+    current = run_analyze(tracked_study.analyze_config("bootstrap.n=50"))
+    con = sqlite3.connect(study_project / "mlruns" / "mlflow.db")
+    with con:  # what a schema-1 run carried: no cell id, digests or schema tag, and split iid
+        con.execute("DELETE FROM tags WHERE key IN ('cell', 'cell_schema', 'data_digest', 'weights_id')")
+        con.execute("UPDATE tags SET value = 'iid' WHERE key = 'split' AND value = 'train'")
+    con.close()
+    with pytest.raises(IncompleteStudy, match="missing"):
+        run_analyze(tracked_study.analyze_config("bootstrap.n=50"))
+    legacy = run_analyze(tracked_study.analyze_config("bootstrap.n=50", "legacy=true"))
+    pd.testing.assert_frame_equal(legacy.iid.reset_index(drop=True), current.iid.reset_index(drop=True))
+    pd.testing.assert_frame_equal(legacy.ood.reset_index(drop=True), current.ood.reset_index(drop=True))
+    assert MlflowClient().get_run(legacy.run_id).data.tags["manifest"] == "legacy"
+
+
 def test_empty_study_is_a_clear_error(project):
     with pytest.raises(IncompleteStudy, match="no .* pair to correlate"):
         run_analyze(compose_config("analyze", ["study=nothing", "allow_incomplete=true"]))

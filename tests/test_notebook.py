@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import shlex
+import warnings
 from pathlib import Path
 
 import nbformat
@@ -14,15 +16,22 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "paper_figures.ip
 
 
 def test_paper_figures_notebook_shows_the_analysis_runs_tables(study_project, tracked_study, monkeypatch):
-    """The notebook reads the analysis run's tables (with the ensembles), so its tau table is the analysis run's."""
+    """The notebook reads the tables (with the ensembles) of the analysis run of its study config's manifest, so
+    its tau table is that run's, even when a newer analysis run of another grid exists."""
     nbclient = pytest.importorskip("nbclient")
     from medxfer.analysis.results import latest_analysis
     from medxfer.stages.analyze import run_analyze
 
     run_analyze(tracked_study.analyze_config("bootstrap.n=100"))
     logged = latest_analysis("default")
+    # a newer analysis run of one of the datasets: not this grid's, so the notebook must not show it
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # one dataset: no leave-one-dataset-out ensemble, which is not tested here
+        run_analyze(tracked_study.analyze_config("bootstrap.n=100", datasets=tracked_study.datasets[:1]))
+    assert latest_analysis("default").run_id != logged.run_id
     monkeypatch.setenv("MEDXFER_ROOT", str(study_project))  # the notebook only reads the store
     monkeypatch.setenv("MEDXFER_STUDY", "default")
+    monkeypatch.setenv("MEDXFER_OVERRIDES", shlex.join(tracked_study.grid_overrides()))
     nb = nbformat.read(NOTEBOOK, as_version=4)
     # one more cell prints what the notebook holds, to compare with what the analysis run logged
     nb.cells.append(nbformat.v4.new_code_cell('print("IID_JSON" + iid.to_json(orient="split", double_precision=15))'))

@@ -8,7 +8,6 @@ different table as soon as the analysis options (ensembles, selection metric, bo
 
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,17 +33,45 @@ class AnalysisTables:
     ood_table: pd.DataFrame
 
 
-def latest_analysis(study: str) -> AnalysisTables:
-    """The tables of the newest FINISHED run of ``<study>/analysis`` (on the current tracking URI)."""
+def analysis_runs(study: str, manifest_id: str | None) -> pd.DataFrame:
+    """The FINISHED runs of ``<study>/analysis`` made from exactly the manifest ``manifest_id`` (tag
+    ``manifest``), newest first; every analysis run of the study when ``manifest_id`` is None."""
+    runs = tracking.finished_frame(f"{study}/analysis")  # newest first
+    if manifest_id is None or not len(runs):
+        return runs
+    if "tags.manifest" not in runs.columns:
+        return runs.iloc[0:0]
+    return runs[runs["tags.manifest"] == manifest_id]
+
+
+def study_analysis(c: dict) -> AnalysisTables:
+    """The tables of the newest analysis run of the study config ``c`` (a resolved ``analyze.yaml``: study, grid,
+    paths): the run whose manifest is ``c``'s, so a run made from another grid (models, datasets, presets) is
+    never read in its place."""
+    from medxfer.manifest import study_manifest
+
+    return latest_analysis(c["study"], manifest_id=study_manifest(c).id)
+
+
+def latest_analysis(study: str, manifest_id: str | None = None) -> AnalysisTables:
+    """The tables of the newest FINISHED run of ``<study>/analysis`` (on the current tracking URI); with
+    ``manifest_id``, the newest made from that manifest."""
     experiment = f"{study}/analysis"
-    runs = tracking.finished_frame(experiment)  # newest first
+    runs = analysis_runs(study, manifest_id)
     if not len(runs):
+        others = tracking.finished_frame(experiment) if manifest_id is not None else runs
+        if len(others):
+            tags = sorted(set(others.get("tags.manifest", pd.Series(dtype=str)).dropna()))
+            raise NoAnalysisRun(
+                f"study {study!r} has {len(others)} FINISHED analysis run(s) in experiment {experiment!r}, none "
+                f"made from this study config's manifest {manifest_id} (theirs: {', '.join(tags) or 'untagged'}); "
+                f"run medxfer-analyze with the same study, grid and experiment options first")
         raise NoAnalysisRun(f"study {study!r} has no FINISHED analysis run in experiment {experiment!r} "
                             f"(tracking URI {tracking.current_uri()}); run medxfer-analyze study={study} "
                             "(or make study) first")
     run_id = str(runs.iloc[0]["run_id"])
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(_download(run_id, "tables", tmp))
+        folder = Path(tracking.download_artifact(run_id, "tables", tmp))
         read = {name: pd.read_csv(folder / f"{name}.csv") if (folder / f"{name}.csv").is_file() else pd.DataFrame()
                 for name in ("correlations_iid", "table_iid", "correlations_ood", "table_ood")}
     if read["correlations_iid"].empty:
@@ -52,16 +79,3 @@ def latest_analysis(study: str) -> AnalysisTables:
                             f"run medxfer-analyze study={study} again")
     return AnalysisTables(run_id, read["correlations_iid"], read["table_iid"], read["correlations_ood"],
                           read["table_ood"])
-
-
-def _download(run_id: str, path: str, dst: str) -> str:
-    # a few small CSV files: MLflow's download progress bar would only add carriage returns to a log
-    before = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    try:
-        return tracking.download_artifact(run_id, path, dst)
-    finally:
-        if before is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = before

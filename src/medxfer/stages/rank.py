@@ -19,7 +19,6 @@ model → tracking store → dataset read and split → (ens_linear) weights fro
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import tempfile
@@ -45,6 +44,7 @@ from medxfer.analysis.ensembles import (
     mean_rank,
     mean_zscore,
 )
+from medxfer.analysis.results import analysis_runs
 from medxfer.analysis.runs import study_tables
 from medxfer.config import config_dir
 from medxfer.scores.isolated import single_thread
@@ -207,33 +207,12 @@ def study_tau(study: str, score: str, *, ensemble_scores: list[str] | None = Non
     return _tau_from_runs(iid, study, score, kind, scores, alpha, n_boot, seed)
 
 
-@contextlib.contextmanager
-def _quiet_downloads():
-    """No MLflow progress bar for the two small files read from an analysis run."""
-    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    before = os.environ.get(name)
-    os.environ[name] = "false"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
-
-
-def _download(run_id: str, path: str, tmp: str) -> str:
-    with _quiet_downloads():
-        return tracking.download_artifact(run_id, path, tmp)
-
-
 def _tau_from_analysis(study: str, score: str, kind: str | None, scores: list[str], alpha: float,
                        manifest_id: str | None) -> StudyTau | None:
     """The tau of the newest analysis run of exactly the study's manifest (same cells), if it has ``score``."""
-    runs = tracking.finished_frame(f"{study}/analysis")
-    if not len(runs) or manifest_id is None or "tags.manifest" not in runs.columns:
+    if manifest_id is None:
         return None
-    runs = runs[runs["tags.manifest"] == manifest_id]
+    runs = analysis_runs(study, manifest_id)
     if not len(runs):
         return None
     run = runs.iloc[0]
@@ -242,7 +221,7 @@ def _tau_from_analysis(study: str, score: str, kind: str | None, scores: list[st
         return None
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            table = pd.read_csv(_download(run["run_id"], "tables/correlations_iid.csv", tmp))
+            table = pd.read_csv(tracking.download_artifact(run["run_id"], "tables/correlations_iid.csv", tmp))
         except Exception:  # an analysis run without its table: no interval, still its tau
             table = pd.DataFrame(columns=["dataset", "score"])
         if kind is not None and not _same_ensemble(run["run_id"], score, kind, scores, alpha, table, tmp):
@@ -262,7 +241,7 @@ def _same_ensemble(run_id: str, name: str, kind: str, scores: list[str], alpha: 
                    tmp: str) -> bool:
     """Whether the analysis run's ensemble ``name`` is ours: same kind, same scores, same ridge penalty."""
     try:
-        path = _download(run_id, "config.yaml", tmp)
+        path = tracking.download_artifact(run_id, "config.yaml", tmp)
         config = yaml.safe_load(Path(path).read_text()) or {}
     except Exception:
         return False

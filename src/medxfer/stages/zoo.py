@@ -34,8 +34,10 @@ def model_config(name: str) -> dict[str, Any]:
 
 
 def study_models() -> list[str]:
-    """The models of the default study (``conf/study.yaml``)."""
-    return list(OmegaConf.load(Path(config_dir()) / "study.yaml").models)
+    """The models of the default study (``conf/study.yaml`` with its grid, ``conf/grid/default.yaml``)."""
+    from medxfer.config import compose_config
+
+    return list(compose_config("study", []).models)
 
 
 def _where(spec: ModelSpec) -> str:

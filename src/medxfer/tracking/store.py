@@ -37,13 +37,25 @@ class TrackingError(MedxferError, RuntimeError):
     """The tracking store cannot be reached or used."""
 
 
+#: URIs already checked in this process: a command (a study runs every stage) sets tracking up once.
+_READY: set[tuple[str, str]] = set()
+
+
 def setup_tracking(uri: str, *, create: bool | None = None) -> str:
     """Point MLflow at ``uri`` and check that the store answers, before any work starts.
 
     A ``sqlite:///`` URI must name a writable location; its folder is created only with ``create=True``, or by
     default when it is the project's ``mlruns/`` folder (see :func:`medxfer.tracking.location.check_sqlite_store`).
-    Returns the URI.
+    Once a URI answered, later calls in the same process only point MLflow at it again (a SQLite file that has
+    gone since is checked anew). Returns the URI.
     """
+    key = (uri, os.getcwd())  # a relative SQLite path names another file from another folder
+    if key in _READY:
+        db_path = sqlite_path(uri) if urlparse(uri).scheme == "sqlite" else None
+        if db_path is None or db_path.is_file():
+            mlflow.set_tracking_uri(uri)
+            return uri
+        _READY.discard(key)
     for noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     parsed = urlparse(uri)
@@ -62,6 +74,7 @@ def setup_tracking(uri: str, *, create: bool | None = None) -> str:
             f"cannot reach the MLflow tracking store tracking.uri={redact_text(uri)!r}: "
             f"{type(err).__name__}: {redact_text(str(err))[:300]}"
         ) from None
+    _READY.add(key)
     return uri
 
 
@@ -341,8 +354,20 @@ def finished_frame(experiment: str) -> "Any":
 
 
 def download_artifact(run_id: str, path: str, dest: str | Path) -> str:
-    """Download the artifact ``path`` of run ``run_id`` into ``dest``; returns the local path."""
-    return retry_locked(MlflowClient().download_artifacts, run_id, path, str(dest))
+    """Download the artifact ``path`` of run ``run_id`` into ``dest``; returns the local path.
+
+    Without MLflow's progress bar: medxfer reads small files (tables, configs, predictions), and the bar would
+    only add carriage returns to a log."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(name)
+    os.environ[name] = "false"
+    try:
+        return retry_locked(MlflowClient().download_artifacts, run_id, path, str(dest))
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def list_artifacts(run_id: str, path: str | None = None) -> list[str]:
