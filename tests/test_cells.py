@@ -77,3 +77,13 @@ def test_old_split_name_iid_reads_as_train():
     assert split_name("iid") == "train" and split_name("ood") == "ood"
     with pytest.raises(ValueError, match="unknown split 'test'"):
         split_name("test")
+
+
+def test_a_split_capped_at_null_is_the_same_cell_as_an_uncapped_one():
+    from medxfer.cells import dataset_identity
+
+    base = {"name": "d", "root": "/a", "max_samples": {"train": 300, "val": 100}}
+    same = {"name": "d", "root": "/b", "max_samples": {"train": 300, "val": 100, "test": None, "ood": None}}
+    assert dataset_identity(base) == dataset_identity(same)
+    assert dataset_identity({"name": "d", "max_samples": {"test": None}}) == dataset_identity({"name": "d", "max_samples": None})
+    assert dataset_identity(base) != dataset_identity({**base, "max_samples": {"train": 200, "val": 100}})

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import TINY
 from medxfer.cli._warnings import OncePerCommand, filter_known_warnings
-from medxfer.progress import cell_position, counting, show_progress
+from medxfer.progress import StageClock, cell_position, counting, format_duration, show_progress
 
 BIN = Path(sys.executable).parent
 
@@ -40,7 +40,20 @@ def test_cell_position_inside_the_study():
     assert cell_position() == ""
     with counting(3, 42):
         assert cell_position() == " 3/42"
+    with counting(3, 42, 720.0):
+        assert cell_position() == " 3/42, ~12 min left"
     assert cell_position() == ""
+
+
+def test_the_time_left_comes_from_the_cells_that_ran():
+    clock = StageClock(10)
+    assert clock.left_s() is None  # nothing measured yet: no guess
+    clock.record(0.01, ran=False)  # already FINISHED: no sample, but one cell fewer to go
+    assert clock.left_s() is None
+    clock.record(20.0, ran=True)
+    clock.record(40.0, ran=True)
+    assert clock.left_s() == pytest.approx(30.0 * 7)
+    assert [format_duration(s) for s in (42, 89.6, 150, 720, 3900)] == ["42 s", "90 s", "2 min", "12 min", "1 h 05 min"]
 
 
 def test_known_third_party_warnings_are_dropped():

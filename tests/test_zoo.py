@@ -94,3 +94,22 @@ def test_every_model_config_names_a_timm_architecture():
                          "efficientnet_b0", "mobilenetv2_050", "mobilenetv2_100", "vit_small_patch16_224"]:
         spec = _spec(name)
         assert spec.name == name and spec.arch in timm.list_models(), name
+
+
+def test_a_crop_below_the_models_minimum_is_refused_before_any_work():
+    """inception_v3_nsfwjs's graph cannot take 64 px crops (a raw conv error mid-run); its config says so and
+    preprocessing refuses the size, naming the option. The declared minimum is the real one."""
+    from medxfer.errors import ConfigError
+    from medxfer.models.zoo import build_model
+    from medxfer.stages.zoo import model_config
+
+    spec = ModelSpec.from_config(model_config("inception_v3_nsfwjs"))
+    model = build_model(spec).eval()  # random weights: only the graph's shape matters
+    config = model_data_config(model, spec)
+    with pytest.raises(ConfigError, match=r"preprocess\.input_size=64 is smaller than the 75 px crops this model needs"):
+        resolve_preprocess(config, {"input_size": 64})
+    assert resolve_preprocess(config, {"input_size": 75}).input_size == 75
+    with torch.inference_mode():
+        model(torch.zeros(1, 3, 75, 75))
+        with pytest.raises(RuntimeError):
+            model(torch.zeros(1, 3, 74, 74))

@@ -74,6 +74,8 @@ def dataset_identity(node: Any) -> Any:
         for k, v in node.items():
             if k in _LOCATION_KEYS:
                 continue
+            if k == "max_samples" and isinstance(v, dict):  # a split capped at null is not capped: the same cell
+                v = {split: n for split, n in v.items() if n is not None} or None
             out[k] = Path(v).name if k == "csv" and isinstance(v, str) and Path(v).is_absolute() else dataset_identity(v)
         return out
     return node

@@ -44,6 +44,11 @@ def resolve_preprocess(model_data_config: dict[str, Any], overrides: dict[str, A
     check_preprocess_options(overrides)
     o = {k: v for k, v in (overrides or {}).items() if v is not None}
     size = int(o.get("input_size", model_data_config["input_size"][-1]))
+    smallest = model_data_config.get("min_input_size")
+    if smallest is not None and size < int(smallest):  # else a raw "Kernel size can't be greater ..." mid-run
+        raise ConfigError(f"preprocess.input_size={size} is smaller than the {int(smallest)} px crops this model needs "
+                          f"(its config's data.min_input_size); pass preprocess.input_size={int(smallest)} or more, "
+                          "or leave this model out")
     crop_pct = float(model_data_config.get("crop_pct") or 0.875)
     resize = int(o.get("resize", math.floor(size / crop_pct)))
     if resize < size:

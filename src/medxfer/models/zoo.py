@@ -49,7 +49,8 @@ class ModelSpec:
     (:mod:`medxfer.models.archs`). ``source`` describes a registry package (see :mod:`medxfer.models.fetch`).
     ``head`` is the source head: ``imagenet-1k``, ``own:<n>`` (the weights' own n-class head, ``head_classes``
     its class names) or ``none``. ``data`` overrides timm's preprocessing of the architecture (``input_size``,
-    ``interpolation``, ``mean``, ``std``, ``crop_pct``): the weights' own normalisation.
+    ``interpolation``, ``mean``, ``std``, ``crop_pct``): the weights' own normalisation; ``min_input_size`` is the
+    smallest crop the architecture can take (a smaller ``preprocess.input_size`` is refused before any work).
     """
 
     name: str
@@ -332,4 +333,6 @@ def model_data_config(model: nn.Module, spec: ModelSpec | None = None) -> dict[s
     for key in ("mean", "std"):
         if data.get(key) is not None:
             config[key] = tuple(float(v) for v in data[key])
+    if data.get("min_input_size") is not None:  # the smallest crop the architecture's graph can take
+        config["min_input_size"] = int(data["min_input_size"])
     return config

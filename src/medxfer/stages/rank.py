@@ -494,7 +494,7 @@ def _other_settings(c: dict[str, Any], study: dict[str, Any]) -> str | None:
 
         return (f"study {c['study']!r} scored with {shown(sc['preprocess'])}, this ranking with "
                 f"{shown(c['preprocess'])}: the study's tau is not this ranking's; pass the study's preprocessing "
-                "(e.g. preprocess=small for the default study) to rank as it scored")
+                "(e.g. preprocess=smoke for the default study) to rank as it scored")
     names = score_names(sc["score"]["names"])
     theirs = non_default_options(checked(sc["score"].get("options"), sc["model"], names))
     mine = non_default_options(c["rank"].get("options") or {})

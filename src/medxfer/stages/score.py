@@ -77,7 +77,8 @@ def run_score(cfg: DictConfig, overrides: list[str] | None = None, *, use_cache:
     results = [CellResult(split, done[cell.id].info.run_id, None, skipped=True, cell=cell.id)
                for split, cell in cells.items() if cell.id in done]
     todo = [split for split, cell in cells.items() if cell.id not in done]
-    print(f"{label}: {len(cells) - len(todo)} of {len(cells)} split(s) done, {len(todo)} to do", flush=True)
+    if len(todo) < len(cells):  # a fresh cell says so in its "starting" lines; one line fewer per cell in a log
+        print(f"{label}: {len(cells) - len(todo)} of {len(cells)} split(s) done, {len(todo)} to do", flush=True)
     if not todo:
         return results
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from medxfer.progress import counting
+from medxfer.progress import StageClock, counting
 from medxfer.config import compose_config
 from medxfer.manifest import common_overrides, finetune_overrides, grid, score_overrides
 
@@ -44,11 +44,14 @@ def run_study(cfg: DictConfig) -> StudyReport:
     t0 = time.perf_counter()
     done = ran = 0
     print(f"[study] stage score: {len(cells)} cells (models x datasets), each in and out of distribution", flush=True)
+    clock = StageClock(len(cells))
     for i, (m, d) in enumerate(cells, 1):
-        with counting(i, len(cells)):  # the stage's lines say "[score i/n]"
+        started = time.perf_counter()
+        with counting(i, len(cells), clock.left_s()):  # the stage's lines say "[score i/n, ~t left]"
             results = run_score(compose_config("score", score_overrides(c, m, d)))
         done += sum(r.skipped for r in results)
         ran += sum(not r.skipped for r in results)
+        clock.record(time.perf_counter() - started, any(not r.skipped for r in results))
     report.counts["score"] = {"skipped": done, "ran": ran}
     report.seconds["score"] = time.perf_counter() - t0
 
@@ -58,10 +61,13 @@ def run_study(cfg: DictConfig) -> StudyReport:
         print(f"[study] stage finetune: {len(trials)} trials ({len(cells)} cells x {len(c['finetune']['trials'])} "
               f"Halton points x {len(seeds)} seed(s))", flush=True)
         done = ran = 0
+        clock = StageClock(len(trials))
         for i, (m, d, t, seed) in enumerate(trials, 1):
-            with counting(i, len(trials)):
+            started = time.perf_counter()
+            with counting(i, len(trials), clock.left_s()):
                 result = run_finetune(compose_config("finetune", finetune_overrides(c, m, d, t, seed)))
             skipped = result.skipped
+            clock.record(time.perf_counter() - started, not skipped)
             done += skipped
             ran += not skipped
         report.counts["finetune"] = {"skipped": done, "ran": ran}
