@@ -128,11 +128,6 @@ class Browser:
         got = self.call("Runtime.evaluate", session=True, expression=expression, returnByValue=True)
         return got.get("result", {}).get("value")
 
-    def shows_image(self, src_part: str) -> bool:
-        """Whether the page shows a loaded image whose address contains ``src_part``."""
-        return bool(self.evaluate("Array.from(document.images).some(i => i.complete && i.naturalWidth > 0"
-                                  f" && decodeURIComponent(i.src).includes({json.dumps(src_part)}))"))
-
     def text(self) -> str:
         """The page's visible text."""
         got = self.call("Runtime.evaluate", session=True, expression="document.body ? document.body.innerText : ''",

@@ -38,6 +38,11 @@ def _artifact_files(client, run_id: str, path: str | None = None) -> list[str]:
     return out
 
 
+def _png_width(path) -> int:
+    with open(path, "rb") as f:
+        return int.from_bytes(f.read(24)[16:20], "big")  # the IHDR chunk's width
+
+
 def test_mlflow_ui_shows_the_runs_a_user_needs(study_project, tracked_study, tmp_path):
     from medxfer.stages.analyze import run_analyze
 
@@ -78,7 +83,8 @@ def test_mlflow_ui_shows_the_runs_a_user_needs(study_project, tracked_study, tmp
             note = analysis_run.data.tags.get("mlflow.note.content")
             if note:  # rendered as markdown: each line's words are on the page (table cells become separate cells)
                 plain = re.sub(r"!?\[([^]]*)\]\([^)]*\)", r"\1", note)  # links and images show their text
-                plain = re.sub(r"[*_`#>]", "", plain)
+                plain = re.sub(r"[*`#>]", "", plain)
+                plain = re.sub(r"(?<!\w)_+|_+(?!\w)", "", plain)  # emphasis only: names keep their underscores
                 words = [w.strip(" -") for line in plain.splitlines() for w in line.split("|")]
                 words = [w for w in words if w and not set(w) <= set(":- ")][:40]
                 missing = [w for w in words if " ".join(w.split()) not in " ".join(text.split())]
@@ -94,9 +100,15 @@ def test_mlflow_ui_shows_the_runs_a_user_needs(study_project, tracked_study, tmp
                 browser.wait_for(name)
             assert browser.click_text(name)
             deadline = time.monotonic() + 60
-            while not browser.shows_image(name) and time.monotonic() < deadline:
+            # the viewer fetches the file and shows it from a blob: URL, so the figure is the loaded image as wide
+            # as the PNG (the UI's own icons are a few dozen pixels)
+            width = _png_width(client.download_artifacts(analysis.run_id, figures[0], str(tmp_path)))
+            shown = f"Array.from(document.images).some(i => i.complete && i.naturalWidth === {width})"
+            while not browser.evaluate(shown) and time.monotonic() < deadline:
                 time.sleep(0.5)
-            assert browser.shows_image(name), f"the figure {figures[0]} did not render in the artifact viewer"
             _keep(browser.screenshot(shots / "4-analysis-figure.png"))
+            images = browser.evaluate("Array.from(document.images).map(i => [i.src.slice(0, 60), i.naturalWidth])")
+            assert browser.evaluate(shown), (f"the figure {figures[0]} ({width} px wide) did not render in the artifact "
+                                             f"viewer; images on the page: {images}")
     finally:
         server.stop()

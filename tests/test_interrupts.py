@@ -3,8 +3,10 @@ interrupted, the exit status is 130 / 143, and the same command run again comple
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -27,19 +29,31 @@ def _runs(root: Path, experiment: str):
     return [] if exp is None else client.search_runs([exp.experiment_id], max_results=100)
 
 
-def _interrupt_when(proc, root: Path, experiment: str, ready, signum: int, timeout: float = 400) -> None:
-    """Send ``signum`` to ``proc`` once one of its runs is RUNNING and ``ready(run)`` holds."""
+def _running_metrics(root: Path) -> list[set[str]]:
+    """The metric keys of each RUNNING run, read from the SQLite file read-only: an MLflow client here would run
+    the store's migrations concurrently with the command creating it ("table _alembic_tmp_... already exists")."""
+    db = root / "mlruns" / "mlflow.db"
+    if not db.exists():
+        return []
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as con:
+            runs = [r for (r,) in con.execute("SELECT run_uuid FROM runs WHERE status = 'RUNNING'")]
+            return [{k for (k,) in con.execute("SELECT key FROM metrics WHERE run_uuid = ?", (r,))} for r in runs]
+    except sqlite3.Error:  # the tables are not created yet
+        return []
+
+
+def _interrupt_when(proc, root: Path, ready, signum: int, timeout: float = 400) -> None:
+    """Send ``signum`` to ``proc`` once one of its runs is RUNNING and ``ready(metric keys of the run)`` holds."""
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
-        try:
-            running = [r for r in _runs(root, experiment) if r.info.status == "RUNNING"]
-        except Exception:  # noqa: BLE001 - the store is being created or migrated by the process
-            running = []
+        running = _running_metrics(root)
         if running and ready(running[0]):
             os.kill(proc.pid, signum)
             return
         time.sleep(0.2)
-    raise AssertionError("the command ended (or took too long) before it could be interrupted while RUNNING")
+    ended = f"it ended with status {proc.returncode}: {proc.stderr.read()[-3000:]}" if proc.poll() is not None else ""
+    raise AssertionError(f"the command ended (or took too long) before it could be interrupted while RUNNING; {ended}")
 
 
 def _env(root: Path) -> dict[str, str]:
@@ -69,13 +83,14 @@ def test_interrupt_during_extraction(signum, tmp_path, shared_data_dir):
     # enough images that extraction takes seconds: the signal lands inside Lightning's predict loop
     cmd = [str(BIN / "medxfer-score"), f"paths.data_dir={tmp_path}/data", "splits=[train]",
            "dataset.synthetic.n_per_class=150", "dataset.synthetic.image_size=96", "dataset.synthetic.progress=false",
+           "dataset.split.val=0.15", "dataset.split.test=0.15",  # ~210 training images: seconds of extraction
            "dataset.ood.synthetic.progress=false", "preprocess.input_size=96", "extract.progress=false",
            "extract.batch_size=4", "extract.num_workers=0", "score.names=[logme]", f"hydra.run.dir={tmp_path}/run"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     try:
         # labels.json is logged right before extraction starts
-        _interrupt_when(proc, tmp_path, "default/score", lambda run: time.sleep(1.5) is None, signum)
+        _interrupt_when(proc, tmp_path, lambda metrics: time.sleep(1.5) is None, signum)
         _check_interrupted(proc, signum, tmp_path, "default/score", "medxfer-score")
     finally:
         if proc.poll() is None:
@@ -94,7 +109,7 @@ def test_interrupt_during_fine_tuning(signum, tmp_path, shared_data_dir):
                             text=True)
     try:
         # an epoch's metrics are logged: the fit loop is running
-        _interrupt_when(proc, tmp_path, "default/finetune", lambda run: "train/loss" in run.data.metrics, signum)
+        _interrupt_when(proc, tmp_path, lambda metrics: "train/loss" in metrics, signum)
         _check_interrupted(proc, signum, tmp_path, "default/finetune", "medxfer-finetune")
     finally:
         if proc.poll() is None:

@@ -13,6 +13,7 @@ from conftest import compose_config
 TINY_STAGE = [
     "dataset.synthetic.n_per_class=12", "dataset.synthetic.image_size=48", "dataset.synthetic.progress=false",
     "dataset.ood.synthetic.n_per_class=6", "dataset.ood.synthetic.image_size=48", "dataset.ood.synthetic.progress=false",
+    "dataset.split.val=0.15", "dataset.split.test=0.15",  # as conftest's TINY: 24 images leave 16 to train on
     "preprocess.input_size=64",
 ]
 
@@ -28,7 +29,7 @@ def _study_cfg(shared_data_dir, *extra):
         f"paths.data_dir={shared_data_dir}",
         "models=[efficientnet_lite0,efficientnet_lite1]", "datasets=[synthetic_derm,synthetic_mri]",
         f"score.overrides=[{_quoted(score)}]", f"finetune.overrides=[{_quoted(finetune)}]",
-        "finetune.trials=[0,1]", "analyze.overrides=['bootstrap.n=100']", *extra,
+        "finetune.trials=[0,1]", "finetune.seeds=[0]", "analyze.overrides=['bootstrap.n=100']", *extra,
     ])
 
 
@@ -38,7 +39,14 @@ def test_study_end_to_end_then_resumes(project, shared_data_dir):
     assert report.counts["score"] == {"skipped": 0, "ran": 8}
     assert report.counts["finetune"] == {"skipped": 0, "ran": 8}
     analysis = report.outputs["analysis"]
-    assert {p.suffix for p in analysis.figures} == {".png", ".pdf"} and len(analysis.figures) == 4
+    # each figure as PNG and PDF: the tau heatmap, and the correlation panels in and out of distribution, split
+    # into parts of at most 8 score columns (18 scores here)
+    stems = {p.stem for p in analysis.figures}
+    assert sorted(p.name for p in analysis.figures) == sorted(f"{s}{x}" for s in stems for x in (".png", ".pdf"))
+    assert "tau_heatmap" in stems
+    for kind in ("iid", "ood"):
+        parts = {s for s in stems if s.startswith(f"correlation_{kind}")}
+        assert parts == {f"correlation_{kind}_part{i}" for i in range(1, len(parts) + 1)} and len(parts) >= 3, parts
     assert set(analysis.iid["dataset"]) == {"synthetic_derm", "synthetic_mri", "ALL"}
     # every registered scorer (the paper's seven and the later eight) and the ensembles, in and out of distribution
     from medxfer.scores import available_scores

@@ -56,8 +56,33 @@ def mark_during(err: BaseException, what: str) -> None:
             err.during = what  # type: ignore[attr-defined]
 
 
+_deferring = 0
+_pending: int | None = None
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM while inside (e.g. while a checkpoint is written: an interrupt inside ``torch.save``
+    breaks its zip writer, "unexpected pos"); one that arrived is raised on the way out, with the work whole.
+
+    Python-level, not a signal mask: the kernel hands a process-directed signal to any thread that does not block
+    it (torch's, MLflow's), and Python then runs the handler in the main thread wherever it is."""
+    global _deferring, _pending
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+        if not _deferring and _pending is not None:
+            signum, _pending = _pending, None
+            _handle(signum, None)
+
+
 def _handle(signum: int, frame: Any) -> None:
-    global _received
+    global _received, _pending
+    if _deferring:
+        _pending = _pending or signum
+        return
     if _received is not None:  # a second signal during the shutdown of the first: stop now
         os._exit(128 + signum)
     _received = signum

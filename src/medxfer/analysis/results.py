@@ -36,7 +36,10 @@ class AnalysisTables:
 def analysis_runs(study: str, manifest_id: str | None) -> pd.DataFrame:
     """The FINISHED runs of ``<study>/analysis`` made from exactly the manifest ``manifest_id`` (tag
     ``manifest``), newest first; every analysis run of the study when ``manifest_id`` is None."""
-    runs = tracking.finished_frame(f"{study}/analysis")  # newest first
+    return _of_manifest(tracking.finished_frame(f"{study}/analysis"), manifest_id)  # newest first
+
+
+def _of_manifest(runs: pd.DataFrame, manifest_id: str | None) -> pd.DataFrame:
     if manifest_id is None or not len(runs):
         return runs
     if "tags.manifest" not in runs.columns:
@@ -57,9 +60,9 @@ def latest_analysis(study: str, manifest_id: str | None = None) -> AnalysisTable
     """The tables of the newest FINISHED run of ``<study>/analysis`` (on the current tracking URI); with
     ``manifest_id``, the newest made from that manifest."""
     experiment = f"{study}/analysis"
-    runs = analysis_runs(study, manifest_id)
+    others = tracking.finished_frame(experiment)  # newest first; one query, filtered here
+    runs = _of_manifest(others, manifest_id)
     if not len(runs):
-        others = tracking.finished_frame(experiment) if manifest_id is not None else runs
         if len(others):
             tags = sorted(set(others.get("tags.manifest", pd.Series(dtype=str)).dropna()))
             raise NoAnalysisRun(

@@ -50,7 +50,7 @@ class ModelSpec:
     ``head`` is the source head: ``imagenet-1k``, ``own:<n>`` (the weights' own n-class head, ``head_classes``
     its class names) or ``none``. ``data`` overrides timm's preprocessing of the architecture (``input_size``,
     ``interpolation``, ``mean``, ``std``, ``crop_pct``): the weights' own normalisation; ``min_input_size`` is the
-    smallest crop the architecture can take (a smaller ``preprocess.input_size`` is refused before any work).
+    smallest crop the architecture can take (a smaller ``preprocess.input_size`` is refused before any image is read).
     """
 
     name: str

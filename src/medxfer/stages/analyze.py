@@ -15,7 +15,7 @@ from medxfer import tracking
 from medxfer.analysis.baselines import BASELINES, add_baselines
 from medxfer.analysis.correlation import correlate
 from medxfer.analysis.ensembles import EnsembleWarning, add_ensembles, parse_ensembles
-from medxfer.analysis.figures import correlation_figure, correlation_figures, save_figure, save_figures
+from medxfer.analysis.figures import correlation_figures, save_figures
 from medxfer.analysis.ground_truth import ground_truth_reliability, n_params
 from medxfer.analysis.report import describe_study
 from medxfer.analysis.runs import study_tables
@@ -113,9 +113,9 @@ def run_analyze(cfg: DictConfig, overrides: list[str] | None = None) -> Analysis
         figures += save_figures(figs, figures_dir / "correlation_iid")
         if len(ood):
             _log_correlations(ood, "ood_")
-            fig = correlation_figure(ood_table, ood, title=f"{study}: fine-tuned-model scores on the OOD set vs OOD balanced accuracy",
-                                     target_label="OOD bal. acc.", scores=_score_order(ood_table, names))
-            figures += save_figure(fig, figures_dir / "correlation_ood")
+            figs = correlation_figures(ood_table, ood, title=f"{study}: fine-tuned-model scores on the OOD set vs OOD balanced accuracy",
+                                       target_label="OOD bal. acc.", scores=_score_order(ood_table, names))
+            figures += save_figures(figs, figures_dir / "correlation_ood")  # at most 8 score columns per figure
         with tempfile.TemporaryDirectory() as tmp:
             iid.to_csv(Path(tmp) / "correlations_iid.csv", index=False)
             iid_table.to_csv(Path(tmp) / "table_iid.csv", index=False)

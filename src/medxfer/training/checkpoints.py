@@ -10,19 +10,17 @@ rerun or a reproduction of a trial never overwrites the checkpoint an earlier ru
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import signal
 import socket
 import tempfile
-import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from medxfer import interrupts
 from medxfer.digests import file_sha256
 
 log = logging.getLogger(__name__)
@@ -100,7 +98,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{socket.gethostname()}-{os.getpid()}.", suffix=".tmp",
                                    dir=target.parent)
         try:
-            with _signals_deferred():  # an interrupt inside torch.save breaks its zip writer ("unexpected pos")
+            with interrupts.deferred():  # an interrupt inside torch.save breaks its zip writer ("unexpected pos")
                 with os.fdopen(fd, "wb") as handle:
                     torch.save(checkpoint, handle)
                     handle.flush()
@@ -109,21 +107,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-
-
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM while a checkpoint is written: they arrive (and interrupt the run) right after, with
-    the checkpoint whole. Only the main thread can block them; elsewhere this does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held = {signal.SIGINT, signal.SIGTERM}
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
