@@ -29,6 +29,12 @@ TINY = [
 ]
 
 
+def png_width(path) -> int:
+    """The width in pixels of the PNG at ``path`` (its IHDR chunk)."""
+    with open(path, "rb") as f:
+        return int.from_bytes(f.read(24)[16:20], "big")
+
+
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch):
     """Tests never reach the network: the hub counts as unavailable."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import struct
 
 import mlflow
 import pandas as pd
@@ -14,15 +13,10 @@ from medxfer.analysis import AnalysisError, EnsembleWarning, add_ensembles, corr
 from medxfer.analysis.baselines import BASELINES, add_baselines
 from medxfer.stages.analyze import IncompleteStudy, run_analyze
 
-from conftest import compose_config
+from conftest import compose_config, png_width
 
 
 ENSEMBLES = parsENSEMBLES = parse_ensembles({"ens_rank": {"kind": "rank"}, "ens_z": {"kind": "zscore"}, "ens_linear": {"kind": "linear"}})
-
-
-def _png_width(path) -> int:
-    with open(path, "rb") as f:
-        return struct.unpack(">I", f.read(24)[16:20])[0]
 
 
 def _expected_tables(root, scores) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, float]]:
@@ -98,7 +92,7 @@ def test_analysis_of_a_tracked_study(study_project, tracked_study):
     assert {"ens_rank", "ens_z", "ens_linear"} <= set(pd.read_csv(out / "correlations_iid.csv").score)
     assert {"ens_rank", "ens_z", "ens_linear"} <= set(pd.read_csv(out / "correlations_ood.csv").score)
     # one column per score and ensemble, and in distribution one per baseline too: the iid figure is the wider
-    widths = {p.stem: _png_width(p) for p in result.figures if p.suffix == ".png" and p.stem.startswith("correlation_")}
+    widths = {p.stem: png_width(p) for p in result.figures if p.suffix == ".png" and p.stem.startswith("correlation_")}
     assert widths["correlation_iid"] > widths["correlation_ood"] > round((2.3 * (len(scores) + 3)) * 150)
     weights = pd.read_csv(MlflowClient().download_artifacts(result.run_id, "tables/ensemble_weights.csv"))
     assert list(weights.columns) == ["split", "ensemble", "held_out", "n_train", "alpha",

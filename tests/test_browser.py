@@ -15,6 +15,7 @@ import mlflow
 import pytest
 
 from browser import Browser, chromium_path
+from conftest import png_width
 from servers import start_mlflow_server
 
 pytestmark = [
@@ -36,11 +37,6 @@ def _artifact_files(client, run_id: str, path: str | None = None) -> list[str]:
     for item in client.list_artifacts(run_id, path):
         out += _artifact_files(client, run_id, item.path) if item.is_dir else [item.path]
     return out
-
-
-def _png_width(path) -> int:
-    with open(path, "rb") as f:
-        return int.from_bytes(f.read(24)[16:20], "big")  # the IHDR chunk's width
 
 
 def test_mlflow_ui_shows_the_runs_a_user_needs(study_project, tracked_study, tmp_path):
@@ -102,7 +98,7 @@ def test_mlflow_ui_shows_the_runs_a_user_needs(study_project, tracked_study, tmp
             deadline = time.monotonic() + 60
             # the viewer fetches the file and shows it from a blob: URL, so the figure is the loaded image as wide
             # as the PNG (the UI's own icons are a few dozen pixels)
-            width = _png_width(client.download_artifacts(analysis.run_id, figures[0], str(tmp_path)))
+            width = png_width(client.download_artifacts(analysis.run_id, figures[0], str(tmp_path)))
             shown = f"Array.from(document.images).some(i => i.complete && i.naturalWidth === {width})"
             while not browser.evaluate(shown) and time.monotonic() < deadline:
                 time.sleep(0.5)

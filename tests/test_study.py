@@ -53,7 +53,10 @@ def test_study_end_to_end_then_resumes(project, shared_data_dir):
 
     expected = set(available_scores(include_opt_in=True)) | {"ens_rank", "ens_z", "ens_linear"}
     assert len(expected) == 18
-    assert set(analysis.iid["score"]) == expected and set(analysis.ood["score"]) == expected
+    # in distribution, next to them, the dataset-agnostic baselines (static_rank, n_params)
+    from medxfer.analysis.baselines import BASELINES
+
+    assert set(analysis.iid["score"]) == expected | set(BASELINES) and set(analysis.ood["score"]) == expected
     mlflow.set_tracking_uri(f"sqlite:///{project}/mlruns/mlflow.db")
     ft = mlflow.search_runs(experiment_names=["default/finetune"])
     assert len(ft) == 8 and set(ft["status"]) == {"FINISHED"}

@@ -66,7 +66,8 @@ def deferred() -> Iterator[None]:
     breaks its zip writer, "unexpected pos"); one that arrived is raised on the way out, with the work whole.
 
     Python-level, not a signal mask: the kernel hands a process-directed signal to any thread that does not block
-    it (torch's, MLflow's), and Python then runs the handler in the main thread wherever it is."""
+    it (torch's, MLflow's), and Python then runs the handler in the main thread wherever it is. It holds the
+    handlers :func:`signals_interrupt` installs (every entry point's); outside it this does nothing."""
     global _deferring, _pending
     _deferring += 1
     try:
@@ -103,12 +104,12 @@ def _in_process(pid: int, handler: Any) -> Any:
 def signals_interrupt() -> Iterator[None]:
     """While inside, SIGINT and SIGTERM raise :class:`Interrupted`; the previous handlers come back on exit.
     Outside the main thread (signal handlers cannot be set there) this does nothing."""
-    global _received
+    global _received, _pending
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     before = {s: signal.getsignal(s) for s in SIGNALS}
-    _received = None
+    _received = _pending = None
     # SLURM signals every process of a job step, data-loader workers too, and a forked worker inherits this
     # process's handlers: it would checkpoint and requeue the job itself (submitit's USR2 handler) or die of
     # the SIGTERM that follows a requeue, and the main process would then fail the trial on "worker killed"
