@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 from medxfer.analysis import AnalysisError, EnsembleWarning, add_ensembles, correlate, parse_ensembles
 from medxfer.analysis.baselines import BASELINES, add_baselines
 from medxfer.stages.analyze import IncompleteStudy, run_analyze
+from medxfer.tracking import logged_model_name
 
 from conftest import compose_config, png_width
 
@@ -99,6 +100,46 @@ def test_analysis_of_a_tracked_study(study_project, tracked_study):
                                      *(f"weight/{s}" for s in scores)]
     assert set(zip(weights.split, weights.held_out)) == {(s, h) for s in ("iid", "ood") for h in (d1, d2, "none")}
     pd.testing.assert_frame_equal(weights, result.weights, check_dtype=False)
+
+
+def test_selected_trials_become_mlflow_models_once(study_project, tracked_study, capsys):
+    mlflow.set_tracking_uri(f"sqlite:///{study_project}/mlruns/mlflow.db")
+    client = MlflowClient()
+    ft = mlflow.search_runs(experiment_names=["default/finetune"], filter_string="attributes.status = 'FINISHED'")
+    selected = (ft.assign(trial=ft["params.trial"].astype(int))
+                .sort_values(["metrics.best/val_bal_acc", "metrics.best/val_loss", "trial"], ascending=[False, True, True])
+                .drop_duplicates(["tags.model", "tags.dataset"]))
+    # one selected trial whose checkpoint is gone: named, not logged
+    gone = selected.iloc[0]
+    client.set_tag(gone["run_id"], "checkpoint_path", str(study_project / "deleted.ckpt"))
+    run_analyze(tracked_study.analyze_config("bootstrap.n=20", "mlflow_models.register=true"))
+    out = capsys.readouterr().out
+    assert f"1 selected trial(s) have no checkpoint on disk" in out and gone["tags.mlflow.runName"] in out
+    assert f"{len(selected) - 1} checkpoint(s) logged as MLflow models, {len(selected) - 1} registered" in out
+    experiment = client.get_experiment_by_name("default/finetune").experiment_id
+    models = client.search_logged_models(experiment_ids=[experiment])
+    assert len(models) == len(selected) - 1
+    for _, want in selected.iloc[1:].iterrows():
+        run = client.get_run(want["run_id"])
+        model = client.get_logged_model(run.data.tags["logged_model_id"])
+        assert model.source_run_id == want["run_id"] and model.name == logged_model_name(want["tags.mlflow.runName"])
+        assert model.tags["checkpoint_digest"] == want["tags.checkpoint_digest"]
+        assert model.params["trial"] == want["params.trial"]
+        assert [o.model_id for o in run.outputs.model_outputs] == [model.model_id]
+        name = f"default.{want['tags.model']}.{want['tags.dataset']}"
+        assert run.data.tags["registered_model"] == f"{name}/1"
+        assert client.get_model_version(name, "1").source == f"models:/{model.model_id}"
+    assert "logged_model_id" not in client.get_run(gone["run_id"]).data.tags
+    # a second analysis adds no model and no version
+    run_analyze(tracked_study.analyze_config("bootstrap.n=20", "mlflow_models.register=true"))
+    assert len(client.search_logged_models(experiment_ids=[experiment])) == len(selected) - 1
+    assert "logged as MLflow models" not in capsys.readouterr().out
+
+
+def test_run_names_become_valid_model_names():
+    # MLflow refuses "." in a LoggedModel name, and a seed replicate's run name has one
+    assert logged_model_name("lite0@synthetic_derm#trial1.s1") == "lite0@synthetic_derm#trial1_s1"
+    assert logged_model_name("a/b:c%d'e\"f") == "a_b_c_d_e_f"
 
 
 def test_ensembles_can_be_switched_off_or_restricted(study_project, tracked_study):

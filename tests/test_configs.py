@@ -340,3 +340,33 @@ def test_paper_sweeper_is_the_same_grid_as_the_experiment(cfg_of):
 def test_study_without_experiment_is_the_default_study(cfg_of):
     c = _container(cfg_of("study"))
     assert c["study"] == "default" and len(c["models"]) >= 12 and c["models"][:3] == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+
+
+def test_remembered_compositions_compose_once_and_hand_out_copies(monkeypatch):
+    import medxfer.config as config
+
+    calls = []
+    real = config._compose
+    monkeypatch.setattr(config, "_compose", lambda name, ov: calls.append((name, tuple(ov))) or real(name, ov))
+    overrides = ["model=efficientnet_lite1", "dataset=synthetic_mri"]
+    with config.remembered_compositions():
+        first = config.compose_config("score", overrides)
+        first.model.name = "changed"  # a caller's edit does not reach the next caller
+        second = config.compose_config("score", overrides)
+        other = config.compose_config("score", ["model=efficientnet_lite2"])
+    assert second.model.name == "efficientnet_lite1" and other.model.name == "efficientnet_lite2"
+    assert calls == [("score", tuple(overrides)), ("score", ("model=efficientnet_lite2",))]
+    config.compose_config("score", overrides)  # outside the block every call composes
+    assert len(calls) == 3
+
+
+def test_a_study_trial_config_is_the_one_its_command_line_composes(cfg_of):
+    from medxfer.config import compose_config
+    from medxfer.manifest import finetune_overrides
+    from medxfer.workflows.study import _trial_config
+
+    c = OmegaConf.to_container(cfg_of("study", ["finetune.trials=[1,3]", "finetune.seeds=[0,2]"]), resolve=True)
+    for trial, seed in ((1, 0), (3, 2)):
+        derived = _trial_config(c, "efficientnet_lite0", "synthetic_derm", trial, seed)
+        composed = compose_config("finetune", finetune_overrides(c, "efficientnet_lite0", "synthetic_derm", trial, seed))
+        assert OmegaConf.to_container(derived, resolve=True) == OmegaConf.to_container(composed, resolve=True)

@@ -123,12 +123,37 @@ def test_module_new_head_sgd_nesterov_cosine():
     assert config["lr_scheduler"]["interval"] == "epoch"
 
 
+def test_channels_last_gives_the_contiguous_result_to_rounding():
+    import timm
+
+    from medxfer.training.module import FineTuner
+
+    torch.manual_seed(0)
+    backbone = timm.create_model("resnet10t", pretrained=False, num_classes=3).eval()
+    state = {k: v.clone() for k, v in backbone.state_dict().items()}
+    x = torch.randn(4, 3, 32, 32)
+    outputs = {}
+    for fmt in ("contiguous", "channels_last"):
+        backbone.load_state_dict(state)
+        module = FineTuner(backbone, 3, lr=0.01, wd=1e-5, max_epochs=1, memory_format=fmt).eval()
+        module.model.get_classifier().load_state_dict({"weight": torch.ones(3, 512) / 512, "bias": torch.zeros(3)})
+        conv = next(p for p in module.model.parameters() if p.dim() == 4)
+        assert conv.is_contiguous(memory_format=torch.channels_last) == (fmt == "channels_last")
+        with torch.no_grad():
+            outputs[fmt] = module(x)
+    torch.testing.assert_close(outputs["channels_last"], outputs["contiguous"], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match=r"finetune\.memory_format='nhwc'"):
+        FineTuner(backbone, 3, lr=0.01, wd=1e-5, max_epochs=1, memory_format="nhwc")
+
+
 @pytest.mark.parametrize("override, error, match", [
     ("finetune.lr_bounds=[0.1,0.0001]", SearchSpaceError, r"finetune\.lr_bounds=\[0\.1, 0\.0001\]: the bounds are inverted"),
     ("finetune.wd_bounds=[1e-4,1e-6]", SearchSpaceError, r"finetune\.wd_bounds=\[0\.0001, 1e-06\]: the bounds are inverted"),
     ("trial=-1", SearchSpaceError, r"trial=-1: trials are numbered from 0"),
     ("finetune.keep=some", FinetuneConfigError, r"finetune\.keep='some'; expected one of \['best', 'all', 'none'\]"),
     ("finetune.max_epochs=0", FinetuneConfigError, r"finetune\.max_epochs=0"),
+    ("finetune.memory_format=nhwc", FinetuneConfigError,
+     r"finetune\.memory_format='nhwc'; expected one of \['contiguous', 'channels_last'\]"),
 ])
 def test_bad_search_space_or_settings_fail_before_any_work(finetune_cfg, project, override, error, match):
     with pytest.raises(error, match=match):
@@ -174,6 +199,10 @@ def test_smoke_sweep_logs_one_run_per_trial_and_rerun_adds_none(finetune_cfg, pr
         for name in ("test/bal_acc", "test/acc", "ood/bal_acc", "best/val_bal_acc"):
             assert 0 <= run[f"metrics.{name}"] <= 1, name
         assert run["metrics.best_epoch"] in (0, 1)
+        # the evaluated checkpoint's validation numbers are those its epoch logged
+        for name in ("val/loss", "val/bal_acc"):
+            at_best = [m.value for m in client.get_metric_history(run["run_id"], name) if m.step == run["metrics.best_epoch"]]
+            assert run[f"metrics.best/{name.replace('/', '_')}"] == pytest.approx(at_best[0], rel=1e-6), name
         for name in PAPER_SCORES:
             assert math.isfinite(run[f"metrics.ood_score/{name}"]), name
         assert len(run["tags.checkpoint_digest"]) == 64

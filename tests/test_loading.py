@@ -63,7 +63,8 @@ def test_finetune_loader_workers_persist_and_pin_only_on_gpu(monkeypatch):
 def test_finetune_config_accepts_auto_and_refuses_nonsense():
     from medxfer.stages.finetune import FinetuneConfigError, check_finetune_config
 
-    ft = {"keep": "best", "max_epochs": 1, "batch_size": 2, "num_workers": "auto", "checkpoint_dir": "/tmp/x"}
+    ft = {"keep": "best", "max_epochs": 1, "batch_size": 2, "num_workers": "auto", "checkpoint_dir": "/tmp/x",
+          "memory_format": "channels_last"}
     check_finetune_config(ft)
     with pytest.raises(FinetuneConfigError, match=r"finetune\.num_workers=-2"):
         check_finetune_config({**ft, "num_workers": -2})

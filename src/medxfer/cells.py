@@ -42,7 +42,7 @@ LEGACY_SPLIT_NAMES = {"iid": "train"}
 #: num_workers, progress) change where or how fast, not what.
 FINETUNE_RESULT_KEYS = (
     "max_epochs", "batch_size", "momentum", "nesterov", "eta_min", "seed", "deterministic", "precision",
-    "lr_bounds", "wd_bounds",
+    "lr_bounds", "wd_bounds", "memory_format",
 )
 
 # dataset config keys that say where the data is or how it is shown, not what it is

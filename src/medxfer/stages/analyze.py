@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -51,6 +52,50 @@ def _score_order(table: pd.DataFrame, ensembles: list[str]) -> list[str]:
     """The table's scores sorted, then its ensembles in config order (figure columns, printed tables)."""
     present = set(table["score"])
     return sorted(present - set(ensembles)) + [e for e in ensembles if e in present]
+
+
+def _present(value: object) -> bool:
+    return isinstance(value, str) and value != ""
+
+
+def registered_name(study: str, model: str, dataset: str) -> str:
+    """The Model Registry name of a (model, dataset) of a study: ``<study>.<model>.<dataset>``, characters other
+    than letters, digits, ``.``, ``_`` and ``-`` replaced by ``_``."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", f"{study}.{model}.{dataset}")
+
+
+def _log_selected_models(selected: pd.DataFrame, study: str, options: dict) -> None:
+    """``mlflow_models.log``: each selected fine-tune run's kept checkpoint as an MLflow LoggedModel (once per run);
+    ``mlflow_models.register``: also registered. Runs without a checkpoint on disk (``finetune.keep=none``, or removed
+    by hand) are named, not logged."""
+    if not options.get("log") or len(selected) == 0:
+        return
+    logged = registered = 0
+    absent = []
+    for _, run in selected.iterrows():
+        name = str(run.get("tags.mlflow.runName") or f"{run['tags.model']}@{run['tags.dataset']}")
+        model_id = run.get("tags.logged_model_id")
+        if not _present(model_id):
+            path = run.get("tags.checkpoint_path")
+            if not _present(path) or not Path(path).is_file():
+                absent.append(name)
+                continue
+            model_id = tracking.log_checkpoint_model(
+                run["run_id"], str(run["experiment_id"]), name,
+                params={k: run.get(f"params.{k}") for k in ("lr", "wd", "trial", "n_classes") if pd.notna(run.get(f"params.{k}"))},
+                tags={k: str(run.get(f"tags.{k}")) for k in ("checkpoint_path", "checkpoint_digest", "model", "dataset",
+                                                             "cell", "seed", "study") if _present(run.get(f"tags.{k}"))})
+            logged += 1
+        if options.get("register") and not _present(run.get("tags.registered_model")):
+            tracking.register_logged_model(run["run_id"], model_id,
+                                           registered_name(study, run["tags.model"], run["tags.dataset"]))
+            registered += 1
+    if logged or registered:
+        print(f"[analyze] selected trials: {logged} checkpoint(s) logged as MLflow models"
+              + (f", {registered} registered" if options.get("register") else ""), flush=True)
+    if absent:
+        print(f"[analyze] {len(absent)} selected trial(s) have no checkpoint on disk (finetune.keep=none, or "
+              f"deleted), not logged as models: {', '.join(absent)}", flush=True)
 
 
 def run_analyze(cfg: DictConfig, overrides: list[str] | None = None) -> AnalysisResult:
@@ -146,6 +191,7 @@ def run_analyze(cfg: DictConfig, overrides: list[str] | None = None) -> Analysis
         tracking.set_tags({"mlflow.note.content": describe_study(
             study, sorted(set(tables.iid["model"])), datasets, iid, reliability.reliability,
             [p for p in figures if str(p).endswith(".png")], synthetic=all(d.startswith("synthetic") for d in datasets))})
+    _log_selected_models(tables.selected, study, c.get("mlflow_models") or {})
     print(f"[analyze] study {study}: {tables.iid['model'].nunique()} models x {tables.iid['dataset'].nunique()} datasets; "
           f"tau table (in distribution):\n" + iid.pivot(index="dataset", columns="score", values="tau")
           [_score_order(iid_table, names + list(BASELINES))].round(2).to_string())

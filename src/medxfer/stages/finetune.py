@@ -51,7 +51,7 @@ from medxfer.training.checkpoints import (
 from medxfer.training.data import check_trainable, make_loader
 from medxfer.training.halton import halton_trial
 from medxfer.training.metrics import BalancedAccuracy
-from medxfer.training.module import FineTuner
+from medxfer.training.module import MEMORY_FORMATS, VAL_METRICS, FineTuner
 from medxfer.training.predictions import ARTIFACT_DIR, Predictions
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,9 @@ def check_finetune_config(ft: dict[str, Any]) -> None:
         resolve_num_workers(ft["num_workers"], option="finetune.num_workers")
     except ValueError as err:
         raise FinetuneConfigError(str(err)) from None
+    if ft["memory_format"] not in MEMORY_FORMATS:
+        raise FinetuneConfigError(f"finetune.memory_format={ft['memory_format']!r}; expected one of "
+                                  f"{list(MEMORY_FORMATS)}")
     if not ft.get("checkpoint_dir"):
         raise FinetuneConfigError("finetune.checkpoint_dir is not set; it is where a trial's checkpoints go")
 
@@ -187,7 +190,8 @@ def run_finetune(
         with _training_determinism(ft["deterministic"]):
             L.seed_everything(ft["seed"], workers=True, verbose=False)
             module = FineTuner(model, len(data.class_names), lr=lr, wd=wd, max_epochs=ft["max_epochs"],
-                               momentum=ft["momentum"], nesterov=ft["nesterov"], eta_min=ft["eta_min"])
+                               momentum=ft["momentum"], nesterov=ft["nesterov"], eta_min=ft["eta_min"],
+                               memory_format=ft["memory_format"])
             t0 = time.perf_counter()
             trainer, best_path = _fit(module, loaders, ft, checkpoints, resume, callbacks)
             fit_s = time.perf_counter() - t0
@@ -247,13 +251,17 @@ def _evaluate(
     trainer: L.Trainer, module: FineTuner, best_path: str, loaders: dict[str, Any], data: DatasetSplits,
     preprocess: Preprocess, ft: dict[str, Any], names: list[str], options: dict[str, dict[str, Any]],
 ) -> dict[str, float]:
-    """Metrics of the checkpoint at ``best_path`` on val, test and (where there is one) the OOD set."""
+    """Metrics of the checkpoint at ``best_path`` on val (as its epoch measured them), test and (where there is
+    one) the OOD set."""
     t0 = time.perf_counter()
     best = read_checkpoint(best_path)
     module.load_state_dict(best["state_dict"])
     metrics = {"best_epoch": float(best["epoch"])}
+    val = best.get(VAL_METRICS) or {}
+    if not {"val/loss", "val/bal_acc"} <= set(val):  # a checkpoint written before they were stored in it
+        with _quiet_lightning_warnings():
+            val = trainer.validate(module, loaders["val"], verbose=False)[0]
     with _quiet_lightning_warnings():
-        val = trainer.validate(module, loaders["val"], verbose=False)[0]
         test = trainer.test(module, loaders["test"], verbose=False)[0]
     metrics.update({"best/val_loss": val["val/loss"], "best/val_bal_acc": val["val/bal_acc"],
                     "test/bal_acc": test["test/bal_acc"], "test/acc": test["test/acc"], "test/loss": test["test/loss"]})

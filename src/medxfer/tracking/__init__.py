@@ -16,12 +16,15 @@ from medxfer.tracking.store import (
     list_artifacts,
     log_artifact,
     log_artifacts,
+    log_checkpoint_model,
+    logged_model_name,
     log_dict,
     log_input,
     log_metrics,
     log_params,
     log_text,
     reap_dead_runs,
+    register_logged_model,
     search,
     search_all,
     set_run_tag,
@@ -31,6 +34,6 @@ from medxfer.tracking.store import (
 
 __all__ = [
     "CellClaimed", "TrackingError", "active_run_id", "cell_run", "current_uri", "download_artifact", "finished_frame", "ensure_experiment", "environment_tags",
-    "get_run", "list_artifacts", "finished_runs_of", "log_artifact", "log_artifacts", "log_dict", "log_input", "log_metrics",
-    "log_params", "log_text", "reap_dead_runs", "search", "search_all", "set_run_tag", "set_tags", "setup_tracking",
+    "get_run", "list_artifacts", "finished_runs_of", "log_artifact", "log_artifacts", "log_checkpoint_model", "log_dict", "logged_model_name", "log_input", "log_metrics",
+    "log_params", "log_text", "reap_dead_runs", "register_logged_model", "search", "search_all", "set_run_tag", "set_tags", "setup_tracking",
 ]

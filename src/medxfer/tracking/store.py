@@ -10,6 +10,7 @@ import functools
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 from importlib import metadata
@@ -304,6 +305,53 @@ def log_artifacts(folder: str | Path, artifact_path: str | None = None) -> None:
 def set_run_tag(run_id: str, key: str, value: str) -> None:
     """A tag of a run other than the active one (e.g. marking a trial's checkpoint as pruned)."""
     retry_locked(MlflowClient().set_tag, run_id, key, value)
+
+
+def logged_model_name(text: str) -> str:
+    """``text`` as a LoggedModel name: MLflow refuses ``/ : . % " '`` in one, each becomes ``_``
+    (``lite0@derm#trial1.s1`` -> ``lite0@derm#trial1_s1``)."""
+    return re.sub(r"[/:.%\"']", "_", text)
+
+
+def log_checkpoint_model(run_id: str, experiment_id: str, name: str, *, params: dict[str, Any],
+                         tags: dict[str, str]) -> str:
+    """An MLflow LoggedModel for the checkpoint a FINISHED run produced, so that the UI's Models column and
+    model pages point to it; returns its model id.
+
+    The model is external: the checkpoint stays where the run left it (``tags`` name its path and SHA-256), so a
+    study does not copy every kept checkpoint into the store. It is the run's output (step 0) and the run's
+    ``logged_model_id`` tag. ``name`` is made a valid model name (:func:`logged_model_name`).
+    """
+    from mlflow.entities import LoggedModelOutput
+
+    client = MlflowClient()
+    model = retry_locked(client.create_logged_model, experiment_id, name=logged_model_name(name), source_run_id=run_id,
+                         tags=tags, params={k: str(v) for k, v in params.items()}, model_type="medxfer-checkpoint")
+    retry_locked(client.log_outputs, run_id, [LoggedModelOutput(model.model_id, 0)])
+    retry_locked(client.set_tag, run_id, "logged_model_id", model.model_id)
+    return model.model_id
+
+
+def register_logged_model(run_id: str, model_id: str, name: str) -> str:
+    """A new version of the registered model ``name`` (created when missing) from LoggedModel ``model_id``;
+    the run's ``registered_model`` tag names it (``<name>/<version>``), which is also returned."""
+    client = MlflowClient()
+    if not _has_registered_model(name):
+        retry_locked(client.create_registered_model, name)
+    version = retry_locked(client.create_model_version, name, f"models:/{model_id}", run_id=run_id, model_id=model_id)
+    label = f"{version.name}/{version.version}"
+    retry_locked(client.set_tag, run_id, "registered_model", label)
+    return label
+
+
+def _has_registered_model(name: str) -> bool:
+    try:
+        retry_locked(MlflowClient().get_registered_model, name)
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+    return True
 
 
 def search(experiment_id: str, filter_string: str, max_results: int = 10_000) -> list[Any]:
