@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 
 import mlflow
 import pandas as pd
@@ -134,6 +135,39 @@ def test_selected_trials_become_mlflow_models_once(study_project, tracked_study,
     run_analyze(tracked_study.analyze_config("bootstrap.n=20", "mlflow_models.register=true"))
     assert len(client.search_logged_models(experiment_ids=[experiment])) == len(selected) - 1
     assert "logged as MLflow models" not in capsys.readouterr().out
+
+
+def test_the_same_analysis_of_the_same_runs_is_reused_not_repeated(study_project, tracked_study, capsys):
+    first = run_analyze(tracked_study.analyze_config("bootstrap.n=20"))
+    figures_dir = first.figures[0].parent
+    drawn = {p.name: p.read_bytes() for p in figures_dir.iterdir()}
+    shutil.rmtree(figures_dir)  # a user cleans outputs/, or another analysis draws there
+    capsys.readouterr()
+    again = run_analyze(tracked_study.analyze_config("bootstrap.n=20"))
+    out = capsys.readouterr().out
+    assert again.run_id == first.run_id and f"up to date: analysis run {first.run_id}" in out and "tau table" in out
+    pd.testing.assert_frame_equal(again.iid, first.iid)
+    pd.testing.assert_frame_equal(again.ood, first.ood)
+    pd.testing.assert_frame_equal(again.weights, first.weights, check_dtype=False)
+    assert sorted(p.name for p in again.figures) == sorted(p.name for p in first.figures)
+    assert {p.name: p.read_bytes() for p in figures_dir.iterdir()} == drawn  # figures and tables are back
+    analyses = mlflow.search_runs(experiment_names=["default/analysis"])
+    assert len(analyses) == 1
+    # other settings, or force=true, analyse again
+    other = run_analyze(tracked_study.analyze_config("bootstrap.n=30"))
+    forced = run_analyze(tracked_study.analyze_config("bootstrap.n=20", "force=true"))
+    assert len({first.run_id, other.run_id, forced.run_id}) == 3
+    assert len(mlflow.search_runs(experiment_names=["default/analysis"])) == 3
+
+
+def test_an_analysis_is_identified_by_the_runs_it_read_and_its_settings():
+    from medxfer.cells import analysis_cell_id
+
+    base = analysis_cell_id("m1", ["r1", "r2"], {"bootstrap": {"n": 20}})
+    assert analysis_cell_id("m1", ["r2", "r1"], {"bootstrap": {"n": 20}}) == base  # order of reading is not identity
+    assert analysis_cell_id("m1", ["r1", "r3"], {"bootstrap": {"n": 20}}) != base  # a cell run again (forced)
+    assert analysis_cell_id("m2", ["r1", "r2"], {"bootstrap": {"n": 20}}) != base
+    assert analysis_cell_id("m1", ["r1", "r2"], {"bootstrap": {"n": 30}}) != base
 
 
 def test_run_names_become_valid_model_names():

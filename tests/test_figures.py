@@ -42,8 +42,11 @@ def test_scatter_figures_split_columns_and_name_every_model(tmp_path):
     assert [f.axes[0].get_title() for f in figs] == ["s00", "s08"]
     for fig in figs:
         assert _legend_names(fig) == MODELS
-        # one error bar per model in every panel
-        assert all(sum(isinstance(c, LineCollection) for c in ax.collections) == len(MODELS) for ax in fig.axes)
+        # one error bar per model in every panel (one collection of bars), from acc_lo to acc_hi
+        for ax in fig.axes:
+            (bars,) = [c for c in ax.collections if isinstance(c, LineCollection)]
+            spans = sorted(round(float(seg[1, 1] - seg[0, 1]), 6) for seg in bars.get_segments())
+            assert spans == [0.08] * len(MODELS)
     paths = save_figure(figs[0], tmp_path / "scatter")
     assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 1000 for p in paths)
     # the legend sits right of the panels: the saved (tight) image is wider than the figure itself

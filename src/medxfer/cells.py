@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from medxfer.models.zoo import ModelSpec, ResolvedWeights
 
 #: Bumped when a code change changes what a cell of that kind computes; old runs then count as another cell.
-SCHEMA = {"score": 2, "finetune": 2}
+SCHEMA = {"score": 2, "finetune": 2, "analysis": 1}
 
 #: The splits a score cell can read: the dataset's training split (the paper scores it) and its
 #: out-of-distribution set. ``iid``, this split's name in runs tracked before schema 2, still reads as ``train``.
@@ -64,6 +64,14 @@ def split_name(name: str) -> str:
 def hash_parts(parts: Any) -> str:
     """A short stable hash of a JSON-able description."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def analysis_cell_id(manifest_id: str, run_ids: list[str], settings: dict[str, Any]) -> str:
+    """The identity of an analysis: the manifest it read, the very runs it read (a forced rerun of a cell is a
+    new run id, so new values make a new analysis) and the settings that change its numbers (``select``,
+    ``bootstrap``, ``ensembles``, ``allow_incomplete``)."""
+    return hash_parts({"stage": "analysis", "schema": SCHEMA["analysis"], "manifest": manifest_id,
+                       "runs": sorted(run_ids), "settings": settings})
 
 
 def dataset_identity(node: Any) -> Any:

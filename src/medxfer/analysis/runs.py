@@ -40,6 +40,7 @@ class StudyTables:
     extra: int = 0  # FINISHED runs in the study's experiments that are not cells of its manifest (not read)
     leaks: list[tuple[str, str]] = field(default_factory=list)  # (model, dataset): weights trained on overlapping data
     not_applicable: dict[str, list[str]] = field(default_factory=dict)  # score -> models it does not apply to
+    run_ids: list[str] = field(default_factory=list)  # every run read (manifest reading only): the analysis' identity
 
 
 def _latest(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -111,13 +112,14 @@ def manifest_tables(manifest: "Manifest", score_runs: pd.DataFrame, finetune_run
         return found, [c.run_name for c in cells if c.id not in have]
 
     scores, missing_s = of(score_runs, [c for c in manifest.score if c.split == "train"])
-    _, missing_o = of(score_runs, [c for c in manifest.score if c.split != "train"])
+    ood_scores, missing_o = of(score_runs, [c for c in manifest.score if c.split != "train"])
     finetune, missing_f = of(finetune_runs, manifest.finetune)
     selected = select_trials(finetune, select_metric, select_mode)
     missing = [f"score run {n}" for n in missing_s + missing_o] + [f"fine-tune run {n}" for n in missing_f]
     tables = _joined(scores, _seed_means(selected), missing)
     tables.selected = selected
     tables.extra = _extra(score_runs, manifest.ids("score")) + _extra(finetune_runs, manifest.ids("finetune"))
+    tables.run_ids = sorted(str(r) for f in (scores, ood_scores, finetune) if len(f) for r in f["run_id"])
     return tables
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
@@ -20,6 +22,7 @@ from medxfer.analysis.figures import correlation_figures, save_figures
 from medxfer.analysis.ground_truth import ground_truth_reliability, n_params
 from medxfer.analysis.report import describe_study
 from medxfer.analysis.runs import study_tables
+from medxfer.cells import analysis_cell_id
 from medxfer.errors import MedxferError
 from medxfer.tracking import cell_run, ensure_experiment, setup_tracking
 
@@ -98,6 +101,47 @@ def _log_selected_models(selected: pd.DataFrame, study: str, options: dict) -> N
               f"deleted), not logged as models: {', '.join(absent)}", flush=True)
 
 
+#: The analysis settings that change its numbers: with the manifest and the runs read, its identity.
+ANALYSIS_SETTINGS = ("select", "bootstrap", "ensembles", "allow_incomplete")
+
+
+def _print_tau_table(study: str, iid: pd.DataFrame, tables: Any, ensembles: list[str]) -> None:
+    present = set(iid["score"])
+    order = sorted(present - set(ensembles) - set(BASELINES)) + [e for e in ensembles if e in present] \
+        + [b for b in BASELINES if b in present]
+    print(f"[analyze] study {study}: {tables.iid['model'].nunique()} models x {tables.iid['dataset'].nunique()} datasets; "
+          f"tau table (in distribution):\n" + iid.pivot(index="dataset", columns="score", values="tau")[order]
+          .round(2).to_string(), flush=True)
+
+
+def _earlier_analysis(experiment_id: str, cell: str, figures_dir: Path) -> AnalysisResult | None:
+    """The FINISHED analysis run of this very analysis (``cell``), with its figures and tables copied back into
+    ``figures_dir`` (another analysis may have drawn there since); None when there is none."""
+    run = tracking.finished_runs_of(experiment_id, [cell]).get(cell)
+    if run is None:
+        return None
+    run_id = run.info.run_id
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    frames: dict[str, pd.DataFrame] = {}
+    figures = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for folder in ("figures", "tables"):
+            for path in tracking.list_artifacts(run_id, folder):
+                name = Path(path).name
+                local = Path(tracking.download_artifact(run_id, path, tmp))
+                if folder == "tables":
+                    frames[Path(name).stem] = pd.read_csv(local, float_precision="round_trip")
+                    if name.startswith("table_"):  # the joined input tables live in the run only
+                        continue
+                shutil.copyfile(local, figures_dir / name)
+                if folder == "figures":
+                    figures.append(figures_dir / name)
+    if "correlations_iid" not in frames:
+        return None
+    return AnalysisResult(run_id, frames["correlations_iid"], frames.get("correlations_ood", pd.DataFrame()), figures,
+                          weights=frames.get("ensemble_weights", pd.DataFrame()))
+
+
 def run_analyze(cfg: DictConfig, overrides: list[str] | None = None) -> AnalysisResult:
     """Correlate the study's scores with fine-tuned balanced accuracy, in distribution and out of it."""
     c = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
@@ -111,6 +155,17 @@ def run_analyze(cfg: DictConfig, overrides: list[str] | None = None) -> Analysis
         )
     if len(tables.iid) == 0:
         raise IncompleteStudy(f"study {study!r} has no (score run, fine-tune run) pair to correlate")
+    cell = analysis_cell_id(tables.manifest_id, tables.run_ids, {k: c.get(k) for k in ANALYSIS_SETTINGS}) \
+        if tables.manifest_id and tables.run_ids else "analysis"
+    existing = tracking.experiment_id_of(c["tracking"]["experiment"])
+    earlier = None if c["force"] or cell == "analysis" or existing is None \
+        else _earlier_analysis(existing, cell, Path(c["figures_dir"]))
+    if earlier is not None:
+        print(f"[analyze] up to date: analysis run {earlier.run_id} read these {len(tables.run_ids)} runs with these "
+              f"settings; its figures and tables are back in {c['figures_dir']} (force=true analyses again)", flush=True)
+        _log_selected_models(tables.selected, study, c.get("mlflow_models") or {})
+        _print_tau_table(study, earlier.iid, tables, [e.name for e in parse_ensembles(c.get("ensembles"))])
+        return dataclasses.replace(earlier, missing=tables.missing)
     # ensembles become scores of the tables, so everything below (correlations, metrics, figures, CSV) has them
     ensembles = ood_ensembles = parse_ensembles(c.get("ensembles"))
     if tables.not_applicable:
@@ -144,7 +199,7 @@ def run_analyze(cfg: DictConfig, overrides: list[str] | None = None) -> Analysis
     ood = correlate(ood_table, n_boot=boot["n"], seed=boot["seed"]) if len(ood_table) else pd.DataFrame()
     figures_dir = Path(c["figures_dir"])
     experiment_id = ensure_experiment(c["tracking"]["experiment"], c["tracking"].get("artifact_root"))
-    tags = {"stage": "analysis", "study": study, "model": "all", "dataset": "all", "split": "iid+ood", "cell": "analysis",
+    tags = {"stage": "analysis", "study": study, "model": "all", "dataset": "all", "split": "iid+ood", "cell": cell,
             **({"manifest": tables.manifest_id} if tables.manifest_id else {"manifest": "legacy"})}
     with cell_run(experiment_id, run_name=f"{study}-analysis", tags=tags, config=c, overrides=overrides) as run:
         figures = []
@@ -192,9 +247,7 @@ def run_analyze(cfg: DictConfig, overrides: list[str] | None = None) -> Analysis
             study, sorted(set(tables.iid["model"])), datasets, iid, reliability.reliability,
             [p for p in figures if str(p).endswith(".png")], synthetic=all(d.startswith("synthetic") for d in datasets))})
     _log_selected_models(tables.selected, study, c.get("mlflow_models") or {})
-    print(f"[analyze] study {study}: {tables.iid['model'].nunique()} models x {tables.iid['dataset'].nunique()} datasets; "
-          f"tau table (in distribution):\n" + iid.pivot(index="dataset", columns="score", values="tau")
-          [_score_order(iid_table, names + list(BASELINES))].round(2).to_string())
+    _print_tau_table(study, iid, tables, names)
     for m, d in tables.leaks:
         print(f"[analyze] caution: {m} was trained on data that overlaps {d} (model.leaks_into); its {d} row is "
               "not a transfer result", flush=True)

@@ -10,6 +10,7 @@ from medxfer.tracking.store import (
     download_artifact,
     ensure_experiment,
     environment_tags,
+    experiment_id_of,
     finished_frame,
     finished_runs_of,
     get_run,
@@ -33,7 +34,7 @@ from medxfer.tracking.store import (
 )
 
 __all__ = [
-    "CellClaimed", "TrackingError", "active_run_id", "cell_run", "current_uri", "download_artifact", "finished_frame", "ensure_experiment", "environment_tags",
+    "CellClaimed", "TrackingError", "active_run_id", "cell_run", "current_uri", "download_artifact", "finished_frame", "ensure_experiment", "environment_tags", "experiment_id_of",
     "get_run", "list_artifacts", "finished_runs_of", "log_artifact", "log_artifacts", "log_checkpoint_model", "log_dict", "logged_model_name", "log_input", "log_metrics",
     "log_params", "log_text", "reap_dead_runs", "register_logged_model", "search", "search_all", "set_run_tag", "set_tags", "setup_tracking",
 ]

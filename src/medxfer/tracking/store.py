@@ -121,6 +121,12 @@ def ensure_experiment(name: str, artifact_root: str | None) -> str:
         return exp.experiment_id
 
 
+def experiment_id_of(name: str) -> str | None:
+    """The id of experiment ``name``, or None when the store has none by that name (nothing is created)."""
+    exp = retry_locked(MlflowClient().get_experiment_by_name, name)
+    return exp.experiment_id if exp is not None and exp.lifecycle_stage != "deleted" else None
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
