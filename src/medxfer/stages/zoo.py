@@ -120,13 +120,17 @@ def _progress(total: int):
 
 
 def class_name(spec: ModelSpec, index: int) -> str:
-    """The name of source-head class ``index``."""
+    """The name of source-head class ``index``. A single-logit head names its one class; its probabilities are
+    ``(1 - sigmoid, sigmoid)`` (:func:`medxfer.models.extract.source_probabilities`), so index 0 is "not <it>"."""
     if spec.head == "imagenet-1k":
         from timm.data import ImageNetInfo
 
         return ImageNetInfo().index_to_description(index)
     if spec.head_classes:
-        return str(spec.head_classes[index])
+        names = [str(n) for n in spec.head_classes]
+        if len(names) == 1:
+            names = [f"not {names[0]}", names[0]]
+        return names[index]
     return f"class {index}"
 
 
