@@ -362,11 +362,10 @@ def test_remembered_compositions_compose_once_and_hand_out_copies(monkeypatch):
 
 def test_a_study_trial_config_is_the_one_its_command_line_composes(cfg_of):
     from medxfer.config import compose_config
-    from medxfer.manifest import finetune_overrides
-    from medxfer.workflows.study import _trial_config
+    from medxfer.manifest import finetune_overrides, trial_config
 
     c = OmegaConf.to_container(cfg_of("study", ["finetune.trials=[1,3]", "finetune.seeds=[0,2]"]), resolve=True)
     for trial, seed in ((1, 0), (3, 2)):
-        derived = _trial_config(c, "efficientnet_lite0", "synthetic_derm", trial, seed)
+        derived = trial_config(c, "efficientnet_lite0", "synthetic_derm", trial, seed)
         composed = compose_config("finetune", finetune_overrides(c, "efficientnet_lite0", "synthetic_derm", trial, seed))
         assert OmegaConf.to_container(derived, resolve=True) == OmegaConf.to_container(composed, resolve=True)

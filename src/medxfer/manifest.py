@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from medxfer.cells import Cell, digest_store, finetune_cell, hash_parts, score_cell, split_name, weights_identity
-from medxfer.config import compose_config
+from medxfer.config import compose_config, remembered_compositions
 
 
 def common_overrides(c: dict[str, Any]) -> list[str]:
@@ -44,6 +44,17 @@ def finetune_overrides(c: dict[str, Any], model: str, dataset: str, trial: int, 
     """The overrides of ``medxfer-finetune`` for one trial at one seed of the study ``c``."""
     return [f"model={model}", f"dataset={dataset}", f"trial={trial}", *common_overrides(c),
             *c["finetune"]["overrides"], f"finetune.seed={seed}"]
+
+
+def trial_config(c: dict[str, Any], model: str, dataset: str, trial: int, seed: int) -> DictConfig:
+    """The fine-tune config of one trial at one seed of the study ``c``: the config of the pair's first trial and
+    seed (composed once per pair inside :func:`medxfer.config.remembered_compositions`) with ``trial`` and
+    ``finetune.seed`` set, which is what ``medxfer-finetune`` composes from :func:`finetune_overrides`."""
+    first_trial, first_seed = int(c["finetune"]["trials"][0]), int((c["finetune"].get("seeds") or [0])[0])
+    cfg = compose_config("finetune", finetune_overrides(c, model, dataset, first_trial, first_seed))
+    cfg.trial = trial
+    cfg.finetune.seed = seed
+    return cfg
 
 
 def grid(c: dict[str, Any]) -> tuple[list[tuple[str, str]], list[tuple[str, str, int, int]]]:
@@ -115,13 +126,9 @@ def study_manifest(c: dict[str, Any]) -> Manifest:
                 manifest.notes.append(f"{d} has no out-of-distribution set: no {split} score cells")
                 continue
             manifest.score.append(score_cell(sc, split, table, names, options, weights(sc["model"]), digests))
-    by_pair: dict[tuple[str, str], dict[str, Any]] = {}
-    for m, d, t, s in trials:
-        if (m, d) not in by_pair:  # compose once per pair: trial and seed are plain values of the config
-            by_pair[(m, d)] = OmegaConf.to_container(
-                compose_config("finetune", finetune_overrides(c, m, d, t, s)), resolve=True)
-        fc = {**by_pair[(m, d)], "trial": t}
-        fc["finetune"] = {**fc["finetune"], "seed": s}
-        manifest.finetune.append(finetune_cell(fc, data(fc["dataset"]), weights(fc["model"]), digests))
+    with remembered_compositions():
+        for m, d, t, s in trials:
+            fc = OmegaConf.to_container(trial_config(c, m, d, t, s), resolve=True)
+            manifest.finetune.append(finetune_cell(fc, data(fc["dataset"]), weights(fc["model"]), digests))
     manifest.notes = list(dict.fromkeys(manifest.notes))
     return manifest

@@ -105,13 +105,14 @@ def _log_selected_models(selected: pd.DataFrame, study: str, options: dict) -> N
 ANALYSIS_SETTINGS = ("select", "bootstrap", "ensembles", "allow_incomplete")
 
 
-def _print_tau_table(study: str, iid: pd.DataFrame, tables: Any, ensembles: list[str]) -> None:
-    present = set(iid["score"])
-    order = sorted(present - set(ensembles) - set(BASELINES)) + [e for e in ensembles if e in present] \
-        + [b for b in BASELINES if b in present]
+def _report(study: str, iid: pd.DataFrame, tables: Any, ensembles: list[str]) -> None:
+    """The closing lines of an analysis, new or reused: its tau table and a caution per leaking cell."""
     print(f"[analyze] study {study}: {tables.iid['model'].nunique()} models x {tables.iid['dataset'].nunique()} datasets; "
-          f"tau table (in distribution):\n" + iid.pivot(index="dataset", columns="score", values="tau")[order]
-          .round(2).to_string(), flush=True)
+          f"tau table (in distribution):\n" + iid.pivot(index="dataset", columns="score", values="tau")
+          [_score_order(iid, ensembles + list(BASELINES))].round(2).to_string(), flush=True)
+    for m, d in tables.leaks:
+        print(f"[analyze] caution: {m} was trained on data that overlaps {d} (model.leaks_into); its {d} row is "
+              "not a transfer result", flush=True)
 
 
 def _earlier_analysis(experiment_id: str, cell: str, figures_dir: Path) -> AnalysisResult | None:
@@ -126,16 +127,14 @@ def _earlier_analysis(experiment_id: str, cell: str, figures_dir: Path) -> Analy
     figures = []
     with tempfile.TemporaryDirectory() as tmp:
         for folder in ("figures", "tables"):
-            for path in tracking.list_artifacts(run_id, folder):
-                name = Path(path).name
-                local = Path(tracking.download_artifact(run_id, path, tmp))
+            for local in sorted(Path(tracking.download_artifact(run_id, folder, tmp)).iterdir()):
                 if folder == "tables":
-                    frames[Path(name).stem] = pd.read_csv(local, float_precision="round_trip")
-                    if name.startswith("table_"):  # the joined input tables live in the run only
+                    frames[local.stem] = pd.read_csv(local, float_precision="round_trip")
+                    if local.name.startswith("table_"):  # the joined input tables live in the run only
                         continue
-                shutil.copyfile(local, figures_dir / name)
+                shutil.copyfile(local, figures_dir / local.name)
                 if folder == "figures":
-                    figures.append(figures_dir / name)
+                    figures.append(figures_dir / local.name)
     if "correlations_iid" not in frames:
         return None
     return AnalysisResult(run_id, frames["correlations_iid"], frames.get("correlations_ood", pd.DataFrame()), figures,
@@ -164,7 +163,7 @@ def run_analyze(cfg: DictConfig, overrides: list[str] | None = None) -> Analysis
         print(f"[analyze] up to date: analysis run {earlier.run_id} read these {len(tables.run_ids)} runs with these "
               f"settings; its figures and tables are back in {c['figures_dir']} (force=true analyses again)", flush=True)
         _log_selected_models(tables.selected, study, c.get("mlflow_models") or {})
-        _print_tau_table(study, earlier.iid, tables, [e.name for e in parse_ensembles(c.get("ensembles"))])
+        _report(study, earlier.iid, tables, [e.name for e in parse_ensembles(c.get("ensembles"))])
         return dataclasses.replace(earlier, missing=tables.missing)
     # ensembles become scores of the tables, so everything below (correlations, metrics, figures, CSV) has them
     ensembles = ood_ensembles = parse_ensembles(c.get("ensembles"))
@@ -247,8 +246,5 @@ def run_analyze(cfg: DictConfig, overrides: list[str] | None = None) -> Analysis
             study, sorted(set(tables.iid["model"])), datasets, iid, reliability.reliability,
             [p for p in figures if str(p).endswith(".png")], synthetic=all(d.startswith("synthetic") for d in datasets))})
     _log_selected_models(tables.selected, study, c.get("mlflow_models") or {})
-    _print_tau_table(study, iid, tables, names)
-    for m, d in tables.leaks:
-        print(f"[analyze] caution: {m} was trained on data that overlaps {d} (model.leaks_into); its {d} row is "
-              "not a transfer result", flush=True)
+    _report(study, iid, tables, names)
     return AnalysisResult(run.info.run_id, iid, ood, figures, tables.missing, weights)

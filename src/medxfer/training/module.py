@@ -17,10 +17,10 @@ from medxfer.training.metrics import BalancedAccuracy
 #: (NHWC) lets oneDNN on a CPU and cuDNN on a GPU run convolutions without reordering: measured 15-35 % less
 #: time per training step on this project's 2-core CPU machine (DenseNet-121, Xception, EfficientNet-Lite0,
 #: MobileNetV2 at 64 px). The same arithmetic in another order, so results agree to rounding, not bitwise.
+MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+
 #: The checkpoint key holding its epoch's ``val/loss`` and ``val/bal_acc``.
 VAL_METRICS = "val_metrics"
-
-MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
 class FineTuner(L.LightningModule):

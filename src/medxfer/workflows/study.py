@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from medxfer.progress import StageClock, counting
 from medxfer.config import compose_config, remembered_compositions
-from medxfer.manifest import common_overrides, finetune_overrides, grid, score_overrides
+from medxfer.manifest import common_overrides, grid, score_overrides, trial_config
 
 
 @dataclass
@@ -36,16 +36,6 @@ def run_study(cfg: DictConfig) -> StudyReport:
     c = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     with remembered_compositions():  # the analysis' manifest composes the stage configs composed here
         return _run_stages(c)
-
-
-def _trial_config(c: dict[str, Any], m: str, d: str, trial: int, seed: int) -> DictConfig:
-    """The fine-tune config of one trial at one seed: composed once per (model, dataset), since trial and seed
-    are plain values of it (``medxfer-finetune trial=<t> finetune.seed=<s>`` composes the same config)."""
-    first_trial, first_seed = int(c["finetune"]["trials"][0]), int((c["finetune"].get("seeds") or [0])[0])
-    cfg = compose_config("finetune", finetune_overrides(c, m, d, first_trial, first_seed))
-    cfg.trial = trial
-    cfg.finetune.seed = seed
-    return cfg
 
 
 def _run_stages(c: dict[str, Any]) -> StudyReport:
@@ -80,7 +70,7 @@ def _run_stages(c: dict[str, Any]) -> StudyReport:
         for i, (m, d, t, seed) in enumerate(trials, 1):
             started = time.perf_counter()
             with counting(i, len(trials), clock.left_s()):
-                result = run_finetune(_trial_config(c, m, d, t, seed))
+                result = run_finetune(trial_config(c, m, d, t, seed))
             skipped = result.skipped
             clock.record(time.perf_counter() - started, not skipped)
             done += skipped
