@@ -243,6 +243,14 @@ def test_runs_tracked_before_cell_schema_2_are_read_with_legacy_true(study_proje
     assert MlflowClient().get_run(legacy.run_id).data.tags["manifest"] == "legacy"
 
 
-def test_empty_study_is_a_clear_error(project):
-    with pytest.raises(IncompleteStudy, match="no .* pair to correlate"):
-        run_analyze(compose_config("analyze", ["study=nothing", "allow_incomplete=true"]))
+@pytest.mark.parametrize("allow_incomplete", ["true", "false"])
+def test_a_study_without_runs_is_a_clear_error_at_once(project, allow_incomplete, monkeypatch):
+    import medxfer.manifest
+
+    def forbidden(*a, **k):  # every cell's config and data digest: seconds per cell, for nothing to read
+        raise AssertionError("the manifest of a study without runs was composed")
+
+    monkeypatch.setattr(medxfer.manifest, "study_manifest", forbidden)
+    with pytest.raises(IncompleteStudy, match="study 'nothing' has no FINISHED score or fine-tune run") as err:
+        run_analyze(compose_config("analyze", ["study=nothing", f"allow_incomplete={allow_incomplete}"]))
+    assert "study=nothing" in err.value.hint

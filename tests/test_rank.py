@@ -91,7 +91,13 @@ def test_cli_ranks_models_of_a_csv_dataset_logs_a_run_and_reuses_the_feature_cac
     assert len(mlflow.search_runs(experiment_names=["default/rank"])) == 2  # a new run every time
 
 
-def test_ens_rank_and_ens_z_combine_the_scores_of_each_model(rank_cfg, project):
+def test_ens_rank_and_ens_z_combine_the_scores_of_each_model(rank_cfg, project, monkeypatch):
+    import medxfer.manifest
+
+    def forbidden(*a, **k):  # the project tracks no study: nothing to compose its manifest for
+        raise AssertionError("the manifest of a study without runs was composed")
+
+    monkeypatch.setattr(medxfer.manifest, "study_manifest", forbidden)
     scores = ["logme", "leep", "nce"]
     ens_rank = run_rank(rank_cfg("rank.score=ens_rank", f"rank.ensemble_scores=[{','.join(scores)}]"))
     table = ens_rank.table.set_index("model")

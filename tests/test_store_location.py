@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -11,6 +12,8 @@ import pytest
 
 from medxfer.tracking import ensure_experiment, setup_tracking
 from medxfer.tracking.location import StoreLocationError, default_artifact_root
+from medxfer.tracking.opening import StoreOpeningError, sqlite_lock
+from servers import PG_PASSWORD, postgres_bin, start_postgres
 
 
 def test_a_mistyped_sqlite_path_is_an_error_naming_the_folder(tmp_path):
@@ -76,3 +79,54 @@ def test_a_store_on_a_read_only_file_system_fails_at_once_naming_it(read_only_di
 def test_a_uri_that_is_not_one_is_an_error():
     with pytest.raises(StoreLocationError, match="tracking.uri='not-a-uri' is not a tracking URI"):
         setup_tracking("not-a-uri")
+
+
+_OPEN_TOGETHER = """
+import sys, time
+from pathlib import Path
+from medxfer.tracking import setup_tracking
+folder, me, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+uri = sys.argv[4] if len(sys.argv) > 4 else f"sqlite:///{folder}/mlruns/mlflow.db"
+(folder / f"ready-{me}").touch()
+while len(list(folder.glob("ready-*"))) < n:  # every process has imported MLflow: open the store together
+    time.sleep(0.005)
+setup_tracking(uri)
+"""
+
+
+def test_processes_opening_a_new_store_together_all_get_it(tmp_path):
+    # MLflow builds a new SQLite store's tables on first open; unserialised, two builds break each other
+    # (without the lock, 3 processes failed in each of 3 tries here)
+    n = 3
+    procs = [subprocess.Popen([sys.executable, "-c", _OPEN_TOGETHER, str(tmp_path), str(i), str(n)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(n)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * n, "\n".join(outputs)[-3000:]
+    setup_tracking(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    assert mlflow.get_experiment(ensure_experiment("s/score", None)).name == "s/score"
+
+
+def test_a_store_whose_tables_another_process_keeps_building_is_a_named_error(tmp_path):
+    db = tmp_path / "mlflow.db"
+    with sqlite_lock(db):
+        with pytest.raises(StoreOpeningError, match=r"another process has held .*\.mlflow\.db\.init-lock"):
+            with sqlite_lock(db, timeout=0.3):
+                raise AssertionError("two holders of the lock")
+    with sqlite_lock(db, timeout=0.3):  # released
+        pass
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(postgres_bin() is None, reason="PostgreSQL server binaries missing: apt-get install postgresql")
+def test_processes_opening_a_new_postgres_store_together_all_get_it(tmp_path):
+    pg = start_postgres(tmp_path / "postgres")
+    try:
+        env = {**os.environ, "PGPASSWORD": PG_PASSWORD}
+        n = 3
+        procs = [subprocess.Popen([sys.executable, "-c", _OPEN_TOGETHER, str(tmp_path), str(i), str(n), pg.uri],
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for i in range(n)]
+        outputs = [p.communicate(timeout=300)[0] for p in procs]
+        assert [p.returncode for p in procs] == [0] * n, "\n".join(outputs)[-3000:]
+    finally:
+        pg.stop()

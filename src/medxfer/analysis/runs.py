@@ -161,6 +161,14 @@ def _joined(scores: pd.DataFrame, selected: pd.DataFrame, missing: list[str]) ->
                        not_applicable={k: sorted(v) for k, v in sorted(not_applicable.items())})
 
 
+def has_finished_runs(study: str) -> bool:
+    """Whether the study's score or fine-tune experiment holds a FINISHED run: without one there is nothing to
+    read, and composing its manifest (seconds per cell) is skipped."""
+    from medxfer import tracking
+
+    return any(len(tracking.finished_frame(f"{study}/{stage}")) for stage in ("score", "finetune"))
+
+
 def study_tables(c: dict) -> StudyTables:
     """The tables of the study config ``c`` (``analyze.yaml``, ``rank.yaml``: ``study``, the grid, ``select``):
     exactly its manifest's cells, read from the tracking store; with ``legacy=true``, the newest run per model and

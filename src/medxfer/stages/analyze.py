@@ -21,10 +21,11 @@ from medxfer.analysis.ensembles import EnsembleWarning, add_ensembles, parse_ens
 from medxfer.analysis.figures import correlation_figures, save_figures
 from medxfer.analysis.ground_truth import ground_truth_reliability, n_params
 from medxfer.analysis.report import describe_study
-from medxfer.analysis.runs import study_tables
+from medxfer.analysis.runs import has_finished_runs, study_tables
 from medxfer.cells import analysis_cell_id
 from medxfer.errors import MedxferError
 from medxfer.tracking import cell_run, ensure_experiment, setup_tracking
+from medxfer.tracking.secrets import redact_text
 
 
 class IncompleteStudy(MedxferError, RuntimeError):
@@ -146,6 +147,11 @@ def run_analyze(cfg: DictConfig, overrides: list[str] | None = None) -> Analysis
     c = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     setup_tracking(c["tracking"]["uri"])
     study = c["study"]
+    if not has_finished_runs(study):
+        raise IncompleteStudy(
+            f"study {study!r} has no FINISHED score or fine-tune run in the tracking store "
+            f"{redact_text(c['tracking']['uri'])} (experiments {study}/score, {study}/finetune)",
+            hint=f"run it first (medxfer-study study={study} ...), or check study= and tracking.uri for a typo")
     tables = study_tables(c)
     if tables.missing and not c["allow_incomplete"]:
         raise IncompleteStudy(

@@ -45,7 +45,7 @@ from medxfer.analysis.ensembles import (
     mean_zscore,
 )
 from medxfer.analysis.results import analysis_runs
-from medxfer.analysis.runs import study_tables
+from medxfer.analysis.runs import has_finished_runs, study_tables
 from medxfer.config import config_dir
 from medxfer.scores.isolated import single_thread
 from medxfer import tracking
@@ -459,6 +459,8 @@ def _study_iid(c: dict[str, Any], table: Any) -> tuple[pd.DataFrame | None, list
     from medxfer.manifest import common_overrides
 
     try:  # the study's grid as medxfer-analyze composes it (rank.study_overrides: e.g. [experiment=paper])
+        if not has_finished_runs(c["study"]):
+            return None, [], None, None
         study = OmegaConf.to_container(
             compose_config("analyze", [*common_overrides(c), *(c["rank"].get("study_overrides") or [])]), resolve=True)
         tables = study_tables(study)

@@ -25,6 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from medxfer.interrupts import as_interrupted, mark_during
 from medxfer.tracking.location import check_sqlite_store, check_uri, default_artifact_root, sqlite_path
+from medxfer.tracking.opening import first_open_lock
 from medxfer.tracking.retry import retry_locked
 from medxfer.errors import MedxferError
 from medxfer.tracking.secrets import redact, redact_text
@@ -61,6 +62,7 @@ def setup_tracking(uri: str, *, create: bool | None = None) -> str:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     parsed = urlparse(uri)
     check_uri(uri)
+    db_path = None
     if parsed.scheme == "sqlite":
         db_path = sqlite_path(uri)
         if db_path is not None:
@@ -69,7 +71,10 @@ def setup_tracking(uri: str, *, create: bool | None = None) -> str:
         _check_server(uri)
     mlflow.set_tracking_uri(uri)
     try:
-        MlflowClient(uri).search_experiments(max_results=1)
+        with first_open_lock(uri, db_path):  # MLflow builds a new store's tables on this first open
+            MlflowClient(uri).search_experiments(max_results=1)
+    except MedxferError:
+        raise
     except Exception as err:  # noqa: BLE001 - connection errors come in many types
         raise TrackingError(
             f"cannot reach the MLflow tracking store tracking.uri={redact_text(uri)!r}: "
