@@ -191,13 +191,14 @@ def score_cell(c: dict[str, Any], split: str, table: "SampleTable", names: list[
     return Cell("score", c["model"]["name"], c["dataset"]["name"], split, hash_parts(parts), parts["data"], weights_id)
 
 
-def finetune_cell(c: dict[str, Any], data: "DatasetSplits", weights_id: str, digests: FileDigests) -> Cell:
-    """The fine-tune cell of the composed fine-tune config ``c`` (its ``trial`` and ``finetune.seed``)."""
+def finetune_cell(c: dict[str, Any], data_digest: str, weights_id: str) -> Cell:
+    """The fine-tune cell of the composed fine-tune config ``c`` (its ``trial`` and ``finetune.seed``) on the data
+    whose :func:`splits_digest` is ``data_digest`` (a study's trials share one)."""
     parts = {
         "stage": "finetune", "schema": SCHEMA["finetune"], "model": model_identity(c["model"]),
         "dataset": dataset_identity(c["dataset"]), "preprocess": c["preprocess"],
         "finetune": {k: c["finetune"].get(k) for k in FINETUNE_RESULT_KEYS},
-        "data": splits_digest(data, digests), "weights": weights_id,
+        "data": data_digest, "weights": weights_id,
     }
     sweep = hash_parts(parts)
     return Cell("finetune", c["model"]["name"], c["dataset"]["name"], "train", hash_parts({**parts, "trial": c["trial"]}),

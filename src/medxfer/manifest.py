@@ -14,7 +14,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from medxfer.cells import Cell, digest_store, finetune_cell, hash_parts, score_cell, split_name, weights_identity
+from medxfer.cells import (Cell, digest_store, finetune_cell, hash_parts, score_cell, split_name, splits_digest,
+                           weights_identity)
 from medxfer.config import compose_config, remembered_compositions
 
 
@@ -99,6 +100,7 @@ def study_manifest(c: dict[str, Any]) -> Manifest:
     manifest = Manifest(c["study"])
     digests = digest_store(c["paths"]["cache_dir"])
     data_of: dict[str, Any] = {}
+    data_digest_of: dict[str, str] = {}
     weights_of: dict[str, str] = {}
 
     def data(dataset_cfg: dict[str, Any]) -> Any:
@@ -106,6 +108,12 @@ def study_manifest(c: dict[str, Any]) -> Manifest:
         if key not in data_of:
             data_of[key] = load_dataset(dataset_cfg)
         return data_of[key]
+
+    def data_digest(dataset_cfg: dict[str, Any]) -> str:  # every trial and seed of a dataset reads the same splits
+        key = repr(sorted(dataset_cfg.items()))
+        if key not in data_digest_of:
+            data_digest_of[key] = splits_digest(data(dataset_cfg), digests)
+        return data_digest_of[key]
 
     def weights(model_cfg: dict[str, Any]) -> str:
         key = repr(sorted(model_cfg.items()))
@@ -129,6 +137,6 @@ def study_manifest(c: dict[str, Any]) -> Manifest:
     with remembered_compositions():
         for m, d, t, s in trials:
             fc = OmegaConf.to_container(trial_config(c, m, d, t, s), resolve=True)
-            manifest.finetune.append(finetune_cell(fc, data(fc["dataset"]), weights(fc["model"]), digests))
+            manifest.finetune.append(finetune_cell(fc, data_digest(fc["dataset"]), weights(fc["model"])))
     manifest.notes = list(dict.fromkeys(manifest.notes))
     return manifest

@@ -42,7 +42,7 @@ from medxfer.models.zoo import (
 from medxfer.scores.isolated import compute_isolated, single_thread
 from medxfer import tracking
 from medxfer.analysis.selection import SELECTION_METRIC, selected_run
-from medxfer.cells import FINETUNE_RESULT_KEYS, digest_store, finetune_cell, table_digest, weights_identity
+from medxfer.cells import FINETUNE_RESULT_KEYS, digest_store, finetune_cell, splits_digest, table_digest, weights_identity
 from medxfer.scores.options import score_names, score_options
 from medxfer.training.callbacks import MlflowEpochMetrics
 from medxfer.training.checkpoints import (
@@ -132,7 +132,7 @@ def run_finetune(
     data = load_dataset(c["dataset"])
     check_trainable(data)
     digests = digest_store(c["paths"]["cache_dir"])
-    cell = finetune_cell(c, data, weights_identity(spec, weights, digests), digests)
+    cell = finetune_cell(c, splits_digest(data, digests), weights_identity(spec, weights, digests))
     seed = f", seed {ft['seed']}" if ft["seed"] else ""
     label = f"[finetune{cell_position()}] {cell.run_name} (lr={lr:.3g}, wd={wd:.3g}{seed})"
     done = None if c["force"] else tracking.finished_runs_of(experiment_id, [cell.id]).get(cell.id)

@@ -105,7 +105,7 @@ def ensure_experiment(name: str, artifact_root: str | None) -> str:
     Safe when several processes race to create it: the loser reads the winner's experiment.
     """
     client = MlflowClient()
-    exp = client.get_experiment_by_name(name)
+    exp = retry_locked(client.get_experiment_by_name, name)
     artifact_root = artifact_root or default_artifact_root(mlflow.get_tracking_uri())
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
@@ -120,7 +120,7 @@ def ensure_experiment(name: str, artifact_root: str | None) -> str:
         return retry_locked(client.create_experiment, name, artifact_location=location,
                             tags={"mlflow.experimentKind": "custom_model_development"})
     except MlflowException:
-        exp = client.get_experiment_by_name(name)
+        exp = retry_locked(client.get_experiment_by_name, name)
         if exp is None:
             raise
         return exp.experiment_id
@@ -149,7 +149,8 @@ def reap_dead_runs(experiment_id: str) -> list[str]:
     client = MlflowClient()
     host = socket.gethostname()
     reaped = []
-    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000):
+    for run in retry_locked(client.search_runs, [experiment_id], filter_string="attributes.status = 'RUNNING'",
+                            max_results=1000):
         tags = run.data.tags
         if tags.get("host") != host or not tags.get("pid", "").isdigit():
             continue
