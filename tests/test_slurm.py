@@ -195,5 +195,7 @@ def test_finetune_trial_timed_out_on_slurm_is_requeued_and_resumes_from_last_ckp
     resumed = int(final["tags.resumed_from_epoch"])
     # the requeued attempt went on after the last epoch the first one checkpointed, up to the configured count
     assert 1 <= resumed < FT_EPOCHS and after == list(range(resumed, FT_EPOCHS)), (before, after)
-    assert before == list(range(len(before))) and resumed - 1 <= len(before) <= resumed  # killed mid-epoch
+    # killed mid-epoch: at most the one epoch after the last checkpoint is redone (the signal can land after that
+    # epoch's train/loss is logged and before its checkpoint is written, or the other way round)
+    assert before == list(range(len(before))) and resumed - 1 <= len(before) <= resumed + 1
     assert not list(root.rglob("last.ckpt")) and Path(final["tags.checkpoint_path"]).is_file()
