@@ -166,7 +166,7 @@ def has_finished_runs(study: str) -> bool:
     read, and composing its manifest (seconds per cell) is skipped."""
     from medxfer import tracking
 
-    return any(len(tracking.finished_frame(f"{study}/{stage}")) for stage in ("score", "finetune"))
+    return any(tracking.has_finished_run(f"{study}/{stage}") for stage in ("score", "finetune"))
 
 
 def study_tables(c: dict) -> StudyTables:

@@ -12,6 +12,7 @@ from medxfer.tracking.store import (
     environment_tags,
     experiment_id_of,
     finished_frame,
+    has_finished_run,
     finished_runs_of,
     get_run,
     list_artifacts,
@@ -34,7 +35,7 @@ from medxfer.tracking.store import (
 )
 
 __all__ = [
-    "CellClaimed", "TrackingError", "active_run_id", "cell_run", "current_uri", "download_artifact", "finished_frame", "ensure_experiment", "environment_tags", "experiment_id_of",
+    "CellClaimed", "TrackingError", "active_run_id", "cell_run", "current_uri", "download_artifact", "finished_frame", "has_finished_run", "ensure_experiment", "environment_tags", "experiment_id_of",
     "get_run", "list_artifacts", "finished_runs_of", "log_artifact", "log_artifacts", "log_checkpoint_model", "log_dict", "logged_model_name", "log_input", "log_metrics",
     "log_params", "log_text", "reap_dead_runs", "register_logged_model", "search", "search_all", "set_run_tag", "set_tags", "setup_tracking",
 ]

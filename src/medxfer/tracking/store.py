@@ -401,6 +401,13 @@ def search_all(experiment_id: str, filter_string: str) -> list[Any]:
             return runs
 
 
+def has_finished_run(experiment: str) -> bool:
+    """Whether the experiment named ``experiment`` exists and holds a FINISHED run (one row read, not all)."""
+    exp = retry_locked(MlflowClient().get_experiment_by_name, experiment)
+    return exp is not None and bool(retry_locked(MlflowClient().search_runs, [exp.experiment_id],
+                                                 filter_string="attributes.status = 'FINISHED'", max_results=1))
+
+
 def finished_frame(experiment: str) -> "Any":
     """Every FINISHED run of the experiment named ``experiment`` as a DataFrame (``run_id``, ``start_time``,
     ``tags.*``, ``params.*``, ``metrics.*``; newest first), empty when the experiment does not exist."""
