@@ -23,9 +23,10 @@ def _build_wheel(tmp_path: Path) -> Path:
     """Build from a copy of the sources, so that the checkout gets no build/ or egg-info folders."""
     src = tmp_path / "source"
     src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy(REPO / name, src / name)
-    shutil.copytree(REPO / "src", src / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for folder in ("src", "conf"):
+        shutil.copytree(REPO / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
                            ".", "-w", str(tmp_path / "dist")], cwd=src, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -55,11 +56,13 @@ def _clean_env() -> dict[str, str]:
 
 
 def test_wheel_ships_every_config_and_reference_file(tmp_path):
-    """package-data in pyproject.toml covers what ``config_dir()`` and ``reference_dir()`` read."""
+    """package-data in pyproject.toml covers what ``config_dir()`` and ``reference_dir()`` read: the checkout's
+    top-level conf/ as medxfer/conf, src/medxfer/reference as medxfer/reference."""
     wheel = _build_wheel(tmp_path)
     names = set(zipfile.ZipFile(wheel).namelist())
-    wanted = {f"medxfer/{p.relative_to(PACKAGE).as_posix()}"
-              for folder in ("conf", "reference") for p in (PACKAGE / folder).rglob("*")
+    shipped = {"conf": REPO / "conf", "reference": PACKAGE / "reference"}
+    wanted = {f"medxfer/{folder}/{p.relative_to(root).as_posix()}"
+              for folder, root in shipped.items() for p in root.rglob("*")
               if p.is_file() and "__pycache__" not in p.parts}
     assert wanted and not wanted - names, f"missing from the wheel: {sorted(wanted - names)[:20]}"
 

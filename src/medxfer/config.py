@@ -10,17 +10,23 @@ from typing import Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-_PACKAGE_CONF = Path(__file__).resolve().parent / "conf"
+_HERE = Path(__file__).resolve().parent
+# an installed wheel carries the configs inside the package (medxfer/conf); a checkout (editable install, or
+# PYTHONPATH=src) keeps them in its top-level conf/, two folders above this file
+_CONF_CANDIDATES = (_HERE / "conf", _HERE.parent.parent / "conf")
 
 
 def config_dir() -> str:
-    """The configs shipped inside the package (``medxfer/conf``), in a wheel as in an editable checkout. A user's
-    own folder adds to them with Hydra's ``--config-dir <folder>`` (e.g. ``<folder>/model/mine.yaml`` makes
+    """The folder of medxfer's shipped configs: ``medxfer/conf`` inside a wheel, the checkout's ``conf/`` in an
+    editable install (the same files: setup.py maps that folder to the package ``medxfer.conf``). A user's own
+    folder adds to them with Hydra's ``--config-dir <folder>`` (e.g. ``<folder>/model/mine.yaml`` makes
     ``model=mine``); Hydra searches it after the shipped folder, so a file named like a shipped one is not used:
     give it a new name."""
-    if not _PACKAGE_CONF.is_dir():
-        raise FileNotFoundError(f"medxfer's config folder {_PACKAGE_CONF} is missing; reinstall medxfer")
-    return str(_PACKAGE_CONF)
+    for folder in _CONF_CANDIDATES:
+        if (folder / "study.yaml").is_file():
+            return str(folder)
+    raise FileNotFoundError(f"medxfer's config folder is missing (looked in {', '.join(map(str, _CONF_CANDIDATES))}); "
+                            "reinstall medxfer")
 
 
 def project_root() -> str:
