@@ -59,6 +59,19 @@ def test_mlflow_ui_shows_the_runs_a_user_needs(study_project, tracked_study, tmp
                                  {**os.environ, "MLFLOW_TRACKING_URI": uri})
     try:
         with Browser() as browser:
+            # each experiment opens as model training, on its runs table: MLflow 3 reads the experiment's kind tag
+            # (without it, the UI may take the study for GenAI and open traces or an evaluation view)
+            for exp in (score_exp, client.get_experiment(analysis_run.info.experiment_id)):
+                assert exp.tags.get("mlflow.experimentKind") == "custom_model_development", exp.tags
+                browser.open(f"{server.uri}/#/experiments/{exp.experiment_id}")
+                browser.wait_for("Run Name")
+                deadline = time.monotonic() + 30
+                while "/runs" not in browser.evaluate("location.href") and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                url = browser.evaluate("location.href")
+                assert f"/experiments/{exp.experiment_id}/runs" in url and "workflowType=machine_learning" in url, url
+            _keep(browser.screenshot(shots / "0-analysis-experiment-opened.png"))
+
             # the experiment's runs table: every score run by its name
             browser.open(f"{server.uri}/#/experiments/{score_exp.experiment_id}/runs")
             browser.wait_for(*score_runs["tags.mlflow.runName"], "Run Name")
