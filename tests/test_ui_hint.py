@@ -36,6 +36,22 @@ def test_the_printed_command_is_one_a_shell_runs_as_is(tmp_path):
 
 
 def test_a_server_is_opened_in_the_browser_and_a_password_is_never_printed():
-    assert ui_hint("http://mlflow-host:5000").endswith("open http://mlflow-host:5000 (the MLflow tracking server)")
+    assert ui_hint("http://mlflow-host:5000") == "browse the runs: open http://mlflow-host:5000"
     line = ui_hint("postgresql://u:secret@dbhost:5432/mlflow")
     assert "mlflow ui --backend-store-uri" in line and "secret" not in line
+
+
+def test_the_page_printed_is_the_studys_runs_table_as_model_training(tmp_path):
+    """MLflow 3.17's UI opens experiments in its GenAI view unless the address says workflowType=machine_learning
+    (tests/test_browser.py opens this address in Chromium)."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    score = client.create_experiment("s/score")
+    line = ui_hint(uri, ["s/analysis", "s/score"], cwd=tmp_path)
+    assert line.endswith(f"(then open http://127.0.0.1:5000/#/experiments/{score}/runs?workflowType=machine_learning)")
+    analysis = client.create_experiment("s/analysis")
+    assert f"/#/experiments/{analysis}/runs?workflowType=machine_learning)" in ui_hint(uri, ["s/analysis", "s/score"],
+                                                                                      cwd=tmp_path)
+    assert ui_hint(uri, ["other/score"], cwd=tmp_path).endswith("(then open http://127.0.0.1:5000)")

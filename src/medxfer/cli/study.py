@@ -28,7 +28,7 @@ def main(cfg: DictConfig) -> None:
     if analysis is not None and analysis.figures:
         print("[study] figures:\n  " + "\n  ".join(str(p) for p in analysis.figures))
     from medxfer.tracking.ui import ui_hint
-    print(f"[study] {ui_hint(cfg.tracking.uri)}")
+    print(f"[study] {ui_hint(cfg.tracking.uri, [f'{cfg.study}/analysis', f'{cfg.study}/score'])}")
 
 
 if __name__ == "__main__":
