@@ -18,6 +18,8 @@ from browser import Browser, chromium_path
 from conftest import png_width
 from servers import start_mlflow_server
 
+from medxfer.tracking.ui import experiment_url, ui_hint
+
 pytestmark = [
     pytest.mark.slow,  # the session's study, an analysis, an MLflow server and a browser: minutes
     pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed (apt-get install chromium)"),
@@ -59,6 +61,20 @@ def test_mlflow_ui_shows_the_runs_a_user_needs(study_project, tracked_study, tmp
                                  {**os.environ, "MLFLOW_TRACKING_URI": uri})
     try:
         with Browser() as browser:
+            # each experiment is model training (its kind tag), and the page the study's closing line prints opens
+            # its runs table, not MLflow 3's GenAI overview / traces / evaluation view (which a bare experiment
+            # address opens in a fresh browser in MLflow 3.17, whatever the tag: mlflow/mlflow#24498)
+            for exp in (score_exp, client.get_experiment(analysis_run.info.experiment_id)):
+                assert exp.tags.get("mlflow.experimentKind") == "custom_model_development", exp.tags
+                browser.open(experiment_url(server.uri, exp.experiment_id))
+                text = browser.wait_for("Run Name")
+                url = browser.evaluate("location.href")
+                assert f"/experiments/{exp.experiment_id}/runs" in url and "workflowType=machine_learning" in url, url
+                assert "Model registry" in text and "Agent versions" not in text, "the UI shows the GenAI view"
+            _keep(browser.screenshot(shots / "0-analysis-experiment-as-training.png"))
+            # the page checked is the one the closing line prints for this store (there on mlflow ui's own port)
+            assert experiment_url("http://127.0.0.1:5000", exp.experiment_id) in ui_hint(uri, [exp.name])
+
             # the experiment's runs table: every score run by its name
             browser.open(f"{server.uri}/#/experiments/{score_exp.experiment_id}/runs")
             browser.wait_for(*score_runs["tags.mlflow.runName"], "Run Name")

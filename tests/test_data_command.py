@@ -128,4 +128,4 @@ def test_unreadable_dataset_and_bad_options_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match=r"format='yaml'"):
         run_data(compose_config("data", ["dataset=files", f"dataset.root={tmp_path}", "format=yaml"]))
     out = _command("dataset=files", f"dataset.root={tmp_path}/nowhere", cwd=tmp_path)
-    assert out.returncode == 1 and "medxfer-data: dataset 'files'" in out.stderr and out.stdout == ""
+    assert out.returncode == 2 and "medxfer-data: error: dataset 'files'" in out.stderr and out.stdout == ""

@@ -127,3 +127,45 @@ def test_score_multirun_log_has_one_start_and_one_end_line_per_cell(tmp_path, sh
             assert len(ends) == 1 and "logme=" in ends[0], text
     forms = [re.sub(r"\d+(\.\d+)?", "#", medxfer_warning.sub("", ln)) for ln in lines if medxfer_warning.match(ln)]
     assert len(forms) == len(set(forms)), "a medxfer warning repeated:\n" + "\n".join(forms)
+
+
+def test_medxfer_warnings_reach_the_log_as_log_lines_once_each(monkeypatch, capsys):
+    """EnsembleWarning, UndefinedCorrelation, ScoreWarning: one log line each, by their module's logger, without
+    Python's ``file:line: Category:`` header and the source line that raised them."""
+    from medxfer.analysis.correlation import UndefinedCorrelation
+    from medxfer.analysis.ensembles import EnsembleWarning
+    from medxfer.scores import ScoreWarning
+
+    records = []
+
+    class Keep(logging.Handler):  # stands for Hydra's console and file handlers on the root logger
+        def emit(self, record):
+            records.append((record.name, record.levelname, record.getMessage()))
+
+    shown_by_python = []
+    root, handler = logging.getLogger(), Keep()
+    monkeypatch.setattr(warnings, "showwarning", lambda message, category, *a, **k: shown_by_python.append(category))
+    root.addHandler(handler)
+    try:
+        filter_known_warnings()
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn("the in-distribution table: dataset(s) ['a'] have fewer than 2 models", EnsembleWarning)
+            warnings.warn("the in-distribution table: dataset(s) ['a'] have fewer than 2 models", EnsembleWarning)
+            warnings.warn("tau undefined (constant score or target), reported as NaN, for dataset/score: a/hscore",
+                          UndefinedCorrelation)
+            warnings.warn("GBC uses 9 PCA components instead of 64", ScoreWarning)
+            warnings.warn("GBC uses 11 PCA components instead of 64", ScoreWarning)  # same form
+            warnings.warn("a library's own warning", DeprecationWarning)
+    finally:
+        root.removeHandler(handler)
+    repeat = " (similar warnings are not repeated in this command)"
+    assert records == [
+        ("medxfer.analysis.ensembles", "WARNING",
+         "the in-distribution table: dataset(s) ['a'] have fewer than 2 models" + repeat),
+        ("medxfer.analysis.correlation", "WARNING",
+         "tau undefined (constant score or target), reported as NaN, for dataset/score: a/hscore" + repeat),
+        ("medxfer.scores.errors", "WARNING", "GBC uses 9 PCA components instead of 64" + repeat),
+    ]
+    assert shown_by_python == [DeprecationWarning]  # not medxfer's: Python's display, unchanged
+    assert "Warning" not in capsys.readouterr().err

@@ -130,3 +130,20 @@ def test_processes_opening_a_new_postgres_store_together_all_get_it(tmp_path):
         assert [p.returncode for p in procs] == [0] * n, "\n".join(outputs)[-3000:]
     finally:
         pg.stop()
+
+
+def test_experiments_are_tagged_as_model_training_so_the_ui_opens_their_runs(tmp_path):
+    """MLflow 3's UI opens an experiment by its ``mlflow.experimentKind`` tag: medxfer's are model training, also
+    when an older medxfer created them untagged; a kind someone chose is kept."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    setup_tracking(uri, create=True)
+    client = mlflow.MlflowClient()
+    new = client.get_experiment(ensure_experiment("s/score", None))
+    assert new.tags["mlflow.experimentKind"] == "custom_model_development"
+    old = client.create_experiment("s/finetune")  # as a medxfer before the tag made it
+    assert "mlflow.experimentKind" not in client.get_experiment(old).tags
+    assert ensure_experiment("s/finetune", None) == old
+    assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
+    chosen = client.create_experiment("s/analysis", tags={"mlflow.experimentKind": "genai_development"})
+    ensure_experiment("s/analysis", None)
+    assert client.get_experiment(chosen).tags["mlflow.experimentKind"] == "genai_development"

@@ -38,8 +38,10 @@ def full_error_requested() -> bool:
 
 def command_name() -> str:
     """The command being run (``medxfer-score``), for the start of an error line."""
-    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
-    return name if name.startswith("medxfer") else "medxfer"
+    path = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
+    if path.parent.name == "cli" and path.parent.parent.name == "medxfer" and path.suffix == ".py":
+        return f"medxfer-{path.stem}"  # python -m medxfer.cli.<name>
+    return path.name if path.name.startswith("medxfer") else "medxfer"
 
 
 def _unwrap_worker_message(message: str, name: str) -> str:

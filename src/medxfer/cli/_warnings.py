@@ -1,5 +1,7 @@
-"""Warnings at the entry points: third-party noise that is not the user's business is dropped, and a medxfer
-warning of the same form is shown once per command (each run keeps its own in ``warnings.txt``).
+"""Warnings at the entry points: third-party noise that is not the user's business is dropped, medxfer's own
+warnings (``ScoreWarning``, ``EnsembleWarning``, ``UndefinedCorrelation``, ...) become log lines of their module's
+logger instead of Python's two-line ``file:line: Category: message`` + source line, and a medxfer warning of the
+same form is shown once per command (each run keeps its own in ``warnings.txt``).
 
 Called first thing in each command's ``main``, before the stages (and torch, Lightning, MLflow) are imported, so
 that import-time warnings are filtered too; a joblib or submitit worker runs ``main``'s body, so it filters as well.
@@ -21,12 +23,29 @@ KNOWN_THIRD_PARTY = (
 
 
 def filter_known_warnings() -> None:
-    """Drop :data:`KNOWN_THIRD_PARTY` warnings and show each kind of medxfer log warning once per command."""
+    """Drop :data:`KNOWN_THIRD_PARTY` warnings, show medxfer's warnings as log lines, and each kind of medxfer
+    log warning once per command."""
+    global _python_showwarning
     for message, category in KNOWN_THIRD_PARTY:
         warnings.filterwarnings("ignore", message=message, category=category)
+    if warnings.showwarning is not _show_as_log_line:
+        _python_showwarning = warnings.showwarning
+        warnings.showwarning = _show_as_log_line
     for handler in logging.getLogger().handlers:  # Hydra's console and file handlers, set up before main runs
         if _ONCE not in handler.filters:
             handler.addFilter(_ONCE)
+
+
+_python_showwarning = warnings.showwarning
+
+
+def _show_as_log_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` for the commands: a warning class of medxfer's is logged by the logger of the
+    module that defines it (so :class:`OncePerCommand` sees it); any other goes to Python's display."""
+    if file is None and category.__module__.split(".")[0] == "medxfer":
+        logging.getLogger(category.__module__).warning("%s", message)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
 
 
 class OncePerCommand(logging.Filter):

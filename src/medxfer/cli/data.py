@@ -4,8 +4,8 @@
     medxfer-data dataset=breakhis format=json images=decode
 
 Prints per split (train, val, test, ood) the count of each class, the groups, and every problem found (missing
-files, unreadable images, an image or a group in two splits); exits 1 when there is a problem or the dataset
-cannot be read.
+files, unreadable images, an image or a group in two splits); exits 1 when there is a problem, 2 when the dataset
+cannot be read at all (as every command's own errors).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from omegaconf import DictConfig
 from medxfer.cli._errors import reports_errors
 from medxfer.cli._warnings import filter_known_warnings
 from medxfer.config import config_dir
-from medxfer.data.tables import DataError
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="data")
@@ -26,11 +25,7 @@ from medxfer.data.tables import DataError
 def main(cfg: DictConfig) -> None:
     filter_known_warnings()
     from medxfer.stages.data import render, run_data  # after composing: a typo fails before torch loads
-    try:
-        report = run_data(cfg)
-    except DataError as err:
-        print(f"medxfer-data: {err}", file=sys.stderr)
-        sys.exit(1)
+    report = run_data(cfg)
     print(render(report, cfg.format))
     if report.problems:
         sys.exit(1)

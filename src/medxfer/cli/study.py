@@ -27,7 +27,8 @@ def main(cfg: DictConfig) -> None:
     analysis = report.outputs.get("analysis")
     if analysis is not None and analysis.figures:
         print("[study] figures:\n  " + "\n  ".join(str(p) for p in analysis.figures))
-    print(f"[study] browse the runs: make ui  (MLflow UI on http://127.0.0.1:5000, store {cfg.tracking.uri})")
+    from medxfer.tracking.ui import ui_hint
+    print(f"[study] {ui_hint(cfg.tracking.uri, [f'{cfg.study}/analysis', f'{cfg.study}/score'])}")
 
 
 if __name__ == "__main__":

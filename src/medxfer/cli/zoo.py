@@ -25,16 +25,11 @@ def main(argv: list[str] | None = None) -> None:
     filter_known_warnings()
     from hydra import compose, initialize_config_dir
 
-    from medxfer.models.zoo import ModelError
     from medxfer.stages.zoo import run_zoo
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose(config_name="model_zoo", overrides=argv[1:])
-    try:
-        print(run_zoo(argv[0], cfg), flush=True)
-    except (ModelError, ValueError, FileNotFoundError) as err:
-        print(f"medxfer-zoo {argv[0]}: {err}", file=sys.stderr)
-        sys.exit(1)
+    print(run_zoo(argv[0], cfg), flush=True)  # its errors are medxfer's own: reports_errors exits 2
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from medxfer.config import config_dir
+from medxfer.errors import ConfigError
 from medxfer.models.zoo import ModelError, ModelSpec
 
 LIST_FIELDS = ("arch", "head", "pretraining", "licence", "commercial", "source", "input", "leaks_into", "imagenet_top1")
@@ -150,12 +151,12 @@ def predict(model_cfg: dict[str, Any], image: str, cache_dir: str, *, top: int =
         raise ModelError(f"model {name!r} has no source head (head: none); predict needs a model with one")
     path = Path(image)
     if not path.is_file():
-        raise FileNotFoundError(f"image={image}: no such file")
+        raise ConfigError(f"image={image}: no such file")
     try:
         with Image.open(path) as img:
             rgb = img.convert("RGB")
     except (OSError, Image.DecompressionBombError) as err:
-        raise ValueError(f"image={image}: not a readable image ({err})") from None
+        raise ConfigError(f"image={image}: not a readable image ({err})") from None
     model = create_model(spec, resolve_weights(spec, cache_dir=cache_dir, allow_noncommercial=allow_noncommercial))
     preprocess = resolve_preprocess(model_data_config(model, spec))
     with torch.inference_mode():
@@ -171,7 +172,7 @@ def run_zoo(command: str, cfg: Any) -> str:
     c = OmegaConf.to_container(cfg, resolve=True)
     fmt = c["format"]
     if fmt not in ("text", "json"):
-        raise ValueError(f"format={fmt!r}; expected text or json")
+        raise ConfigError(f"format={fmt!r}; expected text or json")
     allow = bool(c["zoo"]["allow_noncommercial"])
     if command == "list":
         return list_models(fmt)
@@ -181,10 +182,10 @@ def run_zoo(command: str, cfg: Any) -> str:
     if command == "predict":
         for key in ("model", "image"):
             if not c[key]:
-                raise ValueError(f"medxfer-zoo predict needs {key}=...")
+                raise ConfigError(f"medxfer-zoo predict needs {key}=...")
         out = predict(c["model"], c["image"], c["paths"]["cache_dir"], top=c["top"], allow_noncommercial=allow)
         if fmt == "json":
             return json.dumps({k: v for k, v in out.items() if k.startswith("top")})
         rows = next(v for k, v in out.items() if k.startswith("top"))
         return "\n".join(f"{r['prob']:.4f}  {r['class']:>4}  {r['name']}" for r in rows)
-    raise ValueError(f"unknown command {command!r}; expected list, fetch or predict")
+    raise ConfigError(f"unknown command {command!r}; expected list, fetch or predict")

@@ -98,6 +98,12 @@ def _check_server(uri: str, timeout: float = 5.0) -> None:
         ) from None
 
 
+# MLflow 3's UI opens an experiment by its kind: this one on the runs table as model training (the
+# ``workflowType=machine_learning`` view); without it the UI may guess GenAI and open traces or an evaluation view.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_KIND = "custom_model_development"
+
+
 def ensure_experiment(name: str, artifact_root: str | None) -> str:
     """The id of experiment ``name``, created (with artifacts under ``artifact_root/<name>``) if missing; a
     null ``artifact_root`` puts a SQLite store's artifacts beside it (``<db folder>/artifacts``).
@@ -110,15 +116,16 @@ def ensure_experiment(name: str, artifact_root: str | None) -> str:
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             raise TrackingError(f"experiment {name!r} is deleted in the tracking store; restore it or use another study=")
+        if EXPERIMENT_KIND_TAG not in (exp.tags or {}):  # created by an older medxfer; a kind someone set is kept
+            retry_locked(client.set_experiment_tag, exp.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
         return exp.experiment_id
     location = None
     if artifact_root:
         location = (Path(artifact_root) / name.replace("/", "-")).resolve().as_uri() if "://" not in artifact_root \
             else f"{artifact_root.rstrip('/')}/{name.replace('/', '-')}"
     try:
-        # the UI opens an experiment of this kind on its runs table (MLflow 3 otherwise guesses a GenAI overview)
         return retry_locked(client.create_experiment, name, artifact_location=location,
-                            tags={"mlflow.experimentKind": "custom_model_development"})
+                            tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
     except MlflowException:
         exp = retry_locked(client.get_experiment_by_name, name)
         if exp is None:

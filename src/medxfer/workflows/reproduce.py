@@ -13,6 +13,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from medxfer import tracking
+from medxfer.errors import ConfigError
 from medxfer.tracking import environment_tags, setup_tracking
 
 # tags whose change makes a reproduction suspect: code, libraries, weights and data
@@ -53,7 +54,7 @@ def load_logged_config(run_id: str) -> dict[str, Any]:
         try:
             path = tracking.download_artifact(run_id, "config.yaml", tmp)
         except Exception as err:  # noqa: BLE001 - MLflow and the artifact store raise several kinds
-            raise ValueError(f"run {run_id} has no readable config.yaml artifact ({err}); only medxfer runs can be reproduced") from None
+            raise ConfigError(f"run {run_id} has no readable config.yaml artifact ({err}); only medxfer runs can be reproduced") from None
         return yaml.safe_load(Path(path).read_text())
 
 
@@ -90,7 +91,7 @@ def reproduce(run_id: str, overrides: list[str] | None = None, *, tracking_uri: 
     setup_tracking(uri)
     run = tracking.get_run(run_id)
     if run is None:
-        raise ValueError(f"no run {run_id!r} in the tracking store {uri}")
+        raise ConfigError(f"no run {run_id!r} in the tracking store {uri}")
     stage = run.data.tags.get("stage")
     config = load_logged_config(run_id)
     cfg = OmegaConf.create(config)
@@ -113,7 +114,7 @@ def reproduce(run_id: str, overrides: list[str] | None = None, *, tracking_uri: 
         deterministic = bool(OmegaConf.select(cfg, "finetune.deterministic", default=False))
         tol = tolerance if tolerance is not None else (0.0 if deterministic else 0.05)
     else:
-        raise ValueError(f"run {run_id} has stage={stage!r}; medxfer-reproduce handles score and finetune runs")
+        raise ConfigError(f"run {run_id} has stage={stage!r}; medxfer-reproduce handles score and finetune runs")
     comparison = compare_runs(run_id, new_id, tol)
     for key, value in current.items():  # also warn about the environment of this process vs the original
         old = run.data.tags.get(key)
