@@ -12,8 +12,10 @@ a *fine-tune cell* is one Halton trial at one seed. A cell's id is a hash of
    of a registry package (in the model config, checked when fetched), or the hub's name for hub weights;
 4. a schema version, bumped when a code change changes what a cell computes.
 
-Stages build cells through this module and never compute identities themselves. A cell also owns its run name
-(``<model>@<dataset>/<split>``, ``...#trial<i>``), its tags and its feature-cache key.
+Cells are built from plans (:mod:`medxfer.plans`) and nowhere else; every other identity or cache key in medxfer
+(the analysis run, the decoded-image cache, the zoo's conversions, the feature cache) is hashed with
+:func:`hash_parts`. A cell also owns its run name (``<model>@<dataset>/<split>``, ``...#trial<i>``) and its run's
+tags.
 """
 
 from __future__ import annotations
@@ -61,9 +63,9 @@ def split_name(name: str) -> str:
     return name
 
 
-def hash_parts(parts: Any) -> str:
-    """A short stable hash of a JSON-able description."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def hash_parts(parts: Any, length: int = 16) -> str:
+    """A short stable hash of a JSON-able description: the one way medxfer turns a description into a key."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
 def analysis_cell_id(manifest_id: str, run_ids: list[str], settings: dict[str, Any]) -> str:
@@ -165,13 +167,20 @@ class Cell:
             return f"{self.model}@{self.dataset}#trial{self.trial}" + (f".s{self.seed}" if self.seed else "")
         return f"{self.model}@{self.dataset}/{self.split}"
 
-    def tags(self) -> dict[str, str]:
-        """The run schema's tags of this cell."""
-        tags = {"stage": self.kind, "model": self.model, "dataset": self.dataset, "split": self.split,
-                "cell": self.id, "cell_schema": str(SCHEMA[self.kind]), "data_digest": self.data_digest,
-                "weights_id": self.weights_id}
+    def tags(self, study: str | None = None, *, extra: dict[str, str] | None = None,
+             user: dict[str, Any] | None = None) -> dict[str, str]:
+        """The run's tags: the user's ``tags`` first, then the stage's ``extra`` (weights source, model
+        description), then the run schema (stage, model, dataset, split, cell, digests, study), so that no user
+        tag can rename a cell (claims and the analysis find runs by these)."""
+        tags = {str(k): str(v) for k, v in (user or {}).items()}
+        tags.update(extra or {})
+        tags.update({"stage": self.kind, "model": self.model, "dataset": self.dataset, "split": self.split,
+                     "cell": self.id, "cell_schema": str(SCHEMA[self.kind]), "data_digest": self.data_digest,
+                     "weights_id": self.weights_id})
         if self.kind == "finetune":
             tags.update({"trial": str(self.trial), "seed": str(self.seed), "sweep": str(self.sweep)})
+        if study is not None:
+            tags["study"] = study
         return tags
 
 
@@ -203,14 +212,3 @@ def finetune_cell(c: dict[str, Any], data_digest: str, weights_id: str) -> Cell:
     sweep = hash_parts(parts)
     return Cell("finetune", c["model"]["name"], c["dataset"]["name"], "train", hash_parts({**parts, "trial": c["trial"]}),
                 parts["data"], weights_id, trial=int(c["trial"]), seed=int(c["finetune"]["seed"]), sweep=sweep)
-
-
-def feature_cache_key(spec: "ModelSpec", weights_digest: str, table: "SampleTable", data_digest: str,
-                      preprocess: dict[str, Any]) -> str:
-    """The feature cache's key of a split: architecture, the loaded weights' digest, the split's content digest
-    and the resolved preprocessing (so ``medxfer-score`` and ``medxfer-rank`` share cached features), and the
-    version of the evaluation pixels (a decoder or resize change that gives other pixels gives other keys)."""
-    from medxfer.data.transforms import EVAL_PIXELS_VERSION
-
-    return hash_parts({"arch": spec.arch, "weights": weights_digest, "data": data_digest, "n": len(table),
-                       "preprocess": preprocess, "pixels": EVAL_PIXELS_VERSION})

@@ -27,11 +27,12 @@ def main(argv: list[str] | None = None) -> None:
 
     from medxfer.models.zoo import ModelError
     from medxfer.stages.zoo import run_zoo
+    from medxfer.workflows.grid import study_models
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose(config_name="model_zoo", overrides=argv[1:])
     try:
-        print(run_zoo(argv[0], cfg), flush=True)
+        print(run_zoo(argv[0], cfg, study_models), flush=True)
     except (ModelError, ValueError, FileNotFoundError) as err:
         print(f"medxfer-zoo {argv[0]}: {err}", file=sys.stderr)
         sys.exit(1)
