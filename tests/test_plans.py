@@ -35,9 +35,15 @@ class AskedCells:
 
 @pytest.fixture
 def asked(monkeypatch) -> AskedCells:
+    """The tracker reports every cell FINISHED, and registry weights are named, never fetched: a registry
+    model's identity is the digests pinned in its config, not the converted file."""
+    import medxfer.models.fetch as fetch
+
     recorder = AskedCells()
     monkeypatch.setattr(tracking, "finished_runs_of", recorder)
     monkeypatch.setattr(tracking, "reap_dead_runs", lambda experiment_id: None)
+    monkeypatch.setattr(fetch, "fetch_source", lambda spec, cache_dir=None, **k: SimpleNamespace(
+        weights=f"/nowhere/{spec.name}.safetensors", source=f"/nowhere/{spec.name}"))
     return recorder
 
 
@@ -134,7 +140,7 @@ def test_user_tags_cannot_rename_a_cell(score_cfg, project):
 
     from medxfer.stages.score import run_score
 
-    result = run_score(score_cfg("splits=[train]", "score=logme", "tags={cell: x, stage: y, mine: z}"))[0]
+    result = run_score(score_cfg("splits=[train]", "score=logme", "+tags.cell=x", "+tags.stage=y", "+tags.mine=z"))[0]
     mlflow.set_tracking_uri(f"sqlite:///{project}/mlruns/mlflow.db")
     tags = mlflow.get_run(result.run_id).data.tags
     assert tags["cell"] == result.cell != "x" and tags["stage"] == "score" and tags["mine"] == "z"

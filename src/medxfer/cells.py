@@ -13,8 +13,9 @@ a *fine-tune cell* is one Halton trial at one seed. A cell's id is a hash of
 4. a schema version, bumped when a code change changes what a cell computes.
 
 Cells are built from plans (:mod:`medxfer.plans`) and nowhere else; every other identity or cache key in medxfer
-(the analysis run, the decoded-image cache, the zoo's conversions, the feature cache) is hashed with
-:func:`hash_parts`. A cell also owns its run name (``<model>@<dataset>/<split>``, ``...#trial<i>``) and its run's
+(the analysis run, the decoded-image cache, the zoo's conversions, the feature cache) is hashed with the same
+helper, :func:`medxfer.digests.hash_parts`, and a table's contents have one digest,
+:func:`medxfer.data.tables.table_digest`. A cell also owns its run name (``<model>@<dataset>/<split>``, ``...#trial<i>``) and its run's
 tags.
 """
 
@@ -26,7 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medxfer.digests import FileDigests
+from medxfer.data.tables import table_digest
+from medxfer.digests import FileDigests, digest_store, hash_parts
+
+__all__ = ["SCHEMA", "SPLITS", "Cell", "analysis_cell_id", "digest_store", "finetune_cell", "hash_parts", "score_cell",
+           "split_name", "splits_digest", "table_digest", "weights_identity"]
 
 if TYPE_CHECKING:
     from medxfer.data.tables import DatasetSplits, SampleTable
@@ -63,11 +68,6 @@ def split_name(name: str) -> str:
     return name
 
 
-def hash_parts(parts: Any, length: int = 16) -> str:
-    """A short stable hash of a JSON-able description: the one way medxfer turns a description into a key."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:length]
-
-
 def analysis_cell_id(manifest_id: str, run_ids: list[str], settings: dict[str, Any]) -> str:
     """The identity of an analysis: the manifest it read, the very runs it read (a forced rerun of a cell is a
     new run id, so new values make a new analysis) and the settings that change its numbers (``select``,
@@ -100,27 +100,6 @@ def model_identity(model: dict[str, Any], names: list[str] | None = None) -> dic
     return keep
 
 
-def table_digest(table: "SampleTable", digests: FileDigests) -> str:
-    """SHA-256 of what a split holds: its class names, and each sample's label and image bytes, in order.
-    Independent of where the files are; a missing file is an error naming the split and the file."""
-    import numpy as np
-
-    from medxfer.data.tables import DataError
-
-    h = hashlib.sha256(json.dumps(list(table.class_names)).encode())
-    h.update(np.ascontiguousarray(table.labels, dtype=np.int64).tobytes())
-    if table.images is not None:
-        h.update(str(table.images.shape).encode())
-        h.update(np.ascontiguousarray(table.images).tobytes())
-        return h.hexdigest()
-    try:
-        files = digests.many(table.paths)
-    except OSError as err:
-        raise DataError(f"{table.name}: cannot read image file {err.filename}: {err.strerror}") from None
-    h.update("\n".join(files).encode())
-    return h.hexdigest()
-
-
 def splits_digest(data: "DatasetSplits", digests: FileDigests) -> str:
     """SHA-256 over the contents of every split a fine-tune cell reads (train, val, test and the OOD set)."""
     parts = [f"{t.name.rsplit('/', 1)[-1]}:{table_digest(t, digests)}"
@@ -137,11 +116,6 @@ def weights_identity(spec: "ModelSpec", weights: "ResolvedWeights", digests: Fil
         src = spec.source or {}
         return "registry:" + hash_parts({k: src.get(k) for k in ("archive_sha256", "file_sha256", "format", "converter")})
     return f"hub:{weights.location}"
-
-
-def digest_store(cache_dir: str | Path | None) -> FileDigests:
-    """The per-file digest memo of a project: ``<cache_dir>/digests.sqlite``."""
-    return FileDigests(Path(cache_dir) / "digests.sqlite" if cache_dir else None)
 
 
 @dataclass(frozen=True)

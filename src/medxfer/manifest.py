@@ -9,12 +9,9 @@ experiment is never read, and a missing one is named.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable
+from typing import Any, Iterable
 
 from medxfer.cells import Cell, hash_parts
-
-if TYPE_CHECKING:
-    from medxfer.plans import FinetunePlan, ScorePlan
 
 
 @dataclass
@@ -27,8 +24,9 @@ class Manifest:
     notes: list[str] = field(default_factory=list)  # e.g. a dataset without an OOD set: no ood score cells
 
     @classmethod
-    def from_plans(cls, study: str, plans: "Iterable[ScorePlan | FinetunePlan]") -> "Manifest":
-        """The manifest of a study's plans: each plan's cells, in order, by stage."""
+    def from_plans(cls, study: str, plans: Iterable[Any]) -> "Manifest":
+        """The manifest of a study's plans (:class:`medxfer.plans.ScorePlan`, :class:`medxfer.plans.FinetunePlan`):
+        each plan's cells, in order, by stage."""
         manifest = cls(study)
         for plan in plans:
             for cell in plan.cells.values():

@@ -91,16 +91,32 @@ class ScorePlan:
     absent: list[str] = field(default_factory=list)  # splits asked for that the dataset lacks (no OOD set)
 
 
-def score_plan(c: dict[str, Any], sources: Sources | None = None) -> ScorePlan:
-    """The plan of the resolved score config ``c``: splits and score options checked (before anything is read),
-    weights resolved, the dataset read, each split's cell."""
-    sources = sources or Sources(c["paths"]["cache_dir"])
+@dataclass(frozen=True)
+class ScoreSettings:
+    """What a score config asks for, checked without reading anything: the splits, score names and options."""
+
+    splits: list[str]
+    names: list[str]
+    options: dict[str, dict[str, Any]]
+
+
+def score_settings(c: dict[str, Any]) -> ScoreSettings:
+    """The splits, score names and options of the resolved score config ``c``, checked (the one check): an
+    unknown split, score or option is an error naming the config key."""
     try:
         splits = list(dict.fromkeys(split_name(s) for s in c["splits"]))
     except ValueError as err:
         raise ValueError(f"splits={c['splits']}: {err}") from None
     names = score_names(c["score"]["names"])
-    options = score_options(c["score"].get("options"), c["model"], names)
+    return ScoreSettings(splits, names, score_options(c["score"].get("options"), c["model"], names))
+
+
+def score_plan(c: dict[str, Any], sources: Sources | None = None, settings: ScoreSettings | None = None) -> ScorePlan:
+    """The plan of the resolved score config ``c``: its settings (:func:`score_settings`, unless already
+    checked), weights resolved, the dataset read, each split's cell."""
+    sources = sources or Sources(c["paths"]["cache_dir"])
+    settings = settings or score_settings(c)
+    splits, names, options = settings.splits, settings.names, settings.options
     spec, weights, weights_id = sources.weights(c["model"], _allow_noncommercial(c))
     data = sources.data(c["dataset"])
     absent = [s for s in splits if s == "ood" and data.ood is None]
@@ -143,21 +159,39 @@ def ood_score_names(c: dict[str, Any]) -> list[str]:
     return names
 
 
-def finetune_plan(c: dict[str, Any], sources: Sources | None = None) -> FinetunePlan:
-    """The plan of the resolved fine-tune config ``c`` (its ``trial`` and ``finetune.seed``): the Halton point
-    and the OOD scores checked, weights resolved, the dataset read, the cell (whose data digest covers every split
-    and is shared by every trial of the dataset)."""
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """What a fine-tune config asks for, checked without reading anything: the trial's Halton point and the scores
+    computed on the OOD set."""
+
+    lr: float
+    wd: float
+    ood_names: list[str]
+    ood_options: dict[str, dict[str, Any]]
+
+
+def finetune_settings(c: dict[str, Any]) -> FinetuneSettings:
+    """The Halton point of ``trial`` in the search space and the OOD scores of the resolved fine-tune config
+    ``c``, checked (the one check)."""
     from medxfer.training.halton import halton_trial
 
-    sources = sources or Sources(c["paths"]["cache_dir"])
     ft = c["finetune"]
     lr, wd = halton_trial(c["trial"], ft["lr_bounds"], ft["wd_bounds"])
     names = ood_score_names(c)
-    options = score_options(None, c["model"], names)  # imagenet_top1's top-1 from the model config
+    return FinetuneSettings(lr, wd, names, score_options(None, c["model"], names))  # imagenet_top1's top-1
+
+
+def finetune_plan(c: dict[str, Any], sources: Sources | None = None,
+                  settings: FinetuneSettings | None = None) -> FinetunePlan:
+    """The plan of the resolved fine-tune config ``c`` (its ``trial`` and ``finetune.seed``): its settings
+    (:func:`finetune_settings`, unless already checked), weights resolved, the dataset read, the cell (whose data
+    digest covers every split and is shared by every trial of the dataset)."""
+    sources = sources or Sources(c["paths"]["cache_dir"])
+    s = settings or finetune_settings(c)
     spec, weights, weights_id = sources.weights(c["model"], _allow_noncommercial(c))
     data = sources.data(c["dataset"])
     cell = finetune_cell(c, sources.data_digest(c["dataset"]), weights_id)
-    return FinetunePlan(c, spec, weights, data, cell, lr, wd, names, options)
+    return FinetunePlan(c, spec, weights, data, cell, s.lr, s.wd, s.ood_names, s.ood_options)
 
 
 def model_and_preprocess(spec: "ModelSpec", weights: "ResolvedWeights", preprocess: dict[str, Any],

@@ -24,8 +24,8 @@ from torchvision.transforms import functional as TF
 
 from medxfer.data.tables import SampleTable
 from medxfer.data.transforms import EVAL_PIXELS_VERSION, Preprocess, eval_geometry
-from medxfer.cells import digest_store, hash_parts, table_digest
-from medxfer.digests import FileDigests, file_sha256, published_with_checksum
+from medxfer.data.tables import table_digest
+from medxfer.digests import FileDigests, digest_store, file_sha256, hash_parts, published_with_checksum
 
 log = logging.getLogger(__name__)
 

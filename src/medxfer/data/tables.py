@@ -8,11 +8,13 @@ the same small interface, so real-data loading code and the synthetic benchmark 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from medxfer.digests import FileDigests
 from medxfer.errors import MedxferError
 
 
@@ -204,3 +206,21 @@ def resolve_under(root: Path, value: str, *, allow_absolute: bool, where: str) -
 
 def as_paths(values: list[Path]) -> tuple[Path, ...]:
     return tuple(Path(v) for v in values)
+
+
+def table_digest(table: SampleTable, digests: FileDigests) -> str:
+    """SHA-256 of what a split holds: its class names, and each sample's label and image bytes (or the pixel
+    array), in order; the one content digest of a table (cell identity, decoded-image cache, the ``data_digest``
+    tag). Independent of where the files are; a missing file is an error naming the split and the file."""
+    h = hashlib.sha256(json.dumps(list(table.class_names)).encode())
+    h.update(np.ascontiguousarray(table.labels, dtype=np.int64).tobytes())
+    if table.images is not None:
+        h.update(str(table.images.shape).encode())
+        h.update(np.ascontiguousarray(table.images).tobytes())
+        return h.hexdigest()
+    try:
+        files = digests.many(table.paths)
+    except OSError as err:
+        raise DataError(f"{table.name}: cannot read image file {err.filename}: {err.strerror}") from None
+    h.update("\n".join(files).encode())
+    return h.hexdigest()

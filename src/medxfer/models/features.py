@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from medxfer.cells import hash_parts
+from medxfer.digests import hash_parts
 from medxfer.data.tables import SampleTable
 from medxfer.models.extract import FeatureCache, Features, extract_features
 from medxfer.models.zoo import ModelSpec

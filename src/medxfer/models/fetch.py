@@ -36,8 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from medxfer.cells import hash_parts
-from medxfer.digests import file_sha256, path_sha256
+from medxfer.digests import file_sha256, hash_parts, path_sha256
 from medxfer.models.zoo import ModelError, ModelSpec
 
 __all__ = ["FORMATS", "FetchError", "Fetched", "fetch_source", "path_sha256", "zoo_dir"]

@@ -1,8 +1,9 @@
 """The fine-tune stage: one Halton trial of one (model, dataset) pair, one MLflow run.
 
-Order of work, so that a bad setup fails before anything expensive: settings checked → tracking store reachable →
-the plan (:func:`medxfer.plans.finetune_plan`: trial and search space, OOD scores, weights resolved, data read and
-split, the cell from the config, data contents and weights) → data checked →
+Order of work, so that a bad setup fails before anything expensive: trial, search space, OOD scores and settings
+checked (:func:`medxfer.plans.finetune_settings`) → tracking store reachable → the plan
+(:func:`medxfer.plans.finetune_plan`: weights resolved, data read and split, the cell from the config, data
+contents and weights) → data checked →
 a FINISHED run of it skips everything → model built → fit (resuming from ``last.ckpt`` when an earlier attempt of
 this cell was interrupted) →
 the checkpoint with the lowest validation loss is evaluated on val, test and, where the dataset has one, the
@@ -36,7 +37,7 @@ from medxfer.models.extract import Features, extract_features, quiet_lightning
 from medxfer.digests import file_sha256
 from medxfer.progress import cell_position, show_progress
 from medxfer.models.zoo import model_tags
-from medxfer.plans import finetune_plan, model_and_preprocess
+from medxfer.plans import finetune_plan, finetune_settings, model_and_preprocess
 from medxfer.scores.isolated import compute_isolated, single_thread
 from medxfer import tracking
 from medxfer.analysis.selection import SELECTION_METRIC, selected_run
@@ -102,11 +103,12 @@ def run_finetune(
     c = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     ft = c["finetune"]
     trial = c["trial"]
+    settings = finetune_settings(c)
     check_finetune_config(ft)
     tracking.setup_tracking(c["tracking"]["uri"])
     experiment_id = tracking.ensure_experiment(c["tracking"]["experiment"], c["tracking"].get("artifact_root"))
     tracking.reap_dead_runs(experiment_id)
-    plan = finetune_plan(c)
+    plan = finetune_plan(c, settings=settings)
     spec, data, cell, lr, wd = plan.spec, plan.data, plan.cell, plan.lr, plan.wd
     names, ood_options = plan.ood_names, plan.ood_options
     check_trainable(data)
