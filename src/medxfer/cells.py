@@ -15,14 +15,13 @@ a *fine-tune cell* is one Halton trial at one seed. A cell's id is a hash of
 Cells are built from plans (:mod:`medxfer.plans`) and nowhere else; every other identity or cache key in medxfer
 (the analysis run, the decoded-image cache, the zoo's conversions, the feature cache) is hashed with the same
 helper, :func:`medxfer.digests.hash_parts`, and a table's contents have one digest,
-:func:`medxfer.data.tables.table_digest`. A cell also owns its run name (``<model>@<dataset>/<split>``, ``...#trial<i>``) and its run's
-tags.
+:func:`medxfer.data.tables.table_digest`. A cell also owns its run name (``<model>@<dataset>/<split>``,
+``...#trial<i>``) and its run's tags.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any

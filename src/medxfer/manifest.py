@@ -32,7 +32,8 @@ class Manifest:
             for cell in plan.cells.values():
                 getattr(manifest, cell.kind).append(cell)
             for split in getattr(plan, "absent", []):
-                manifest.notes.append(f"{plan.config['dataset']['name']} has no out-of-distribution set: no {split} score cells")
+                dataset = plan.config["dataset"]["name"]
+                manifest.notes.append(f"{dataset} has no out-of-distribution set: no {split} score cells")
         manifest.notes = list(dict.fromkeys(manifest.notes))
         return manifest
 

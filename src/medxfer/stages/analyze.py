@@ -165,7 +165,8 @@ def run_analyze(cfg: DictConfig, manifest: Manifest | Callable[[], Manifest] | N
     if c.get("legacy"):
         manifest = None
     elif manifest is None:
-        raise ValueError("run_analyze needs the study's manifest (medxfer.workflows.grid.study_manifest) unless legacy=true")
+        raise ValueError("run_analyze needs the study's manifest (medxfer.workflows.grid.study_manifest) unless "
+                         "legacy=true")
     elif callable(manifest):
         manifest = manifest()
     tables = study_tables(study, manifest, select_metric=c["select"]["metric"], select_mode=c["select"]["mode"],

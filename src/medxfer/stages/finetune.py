@@ -37,7 +37,7 @@ from medxfer.models.extract import Features, extract_features, quiet_lightning
 from medxfer.digests import file_sha256
 from medxfer.progress import cell_position, show_progress
 from medxfer.models.zoo import model_tags
-from medxfer.plans import finetune_plan, finetune_settings, model_and_preprocess
+from medxfer.plans import Sources, finetune_plan, finetune_settings, model_and_preprocess
 from medxfer.scores.isolated import compute_isolated, single_thread
 from medxfer import tracking
 from medxfer.analysis.selection import SELECTION_METRIC, selected_run
@@ -95,10 +95,12 @@ def check_finetune_config(ft: dict[str, Any]) -> None:
 
 def run_finetune(
     cfg: DictConfig, overrides: list[str] | None = None, *, callbacks: Sequence[L.Callback] = (),
+    sources: Sources | None = None,
 ) -> FinetuneResult:
     """Fine-tune one Halton trial (``cfg.trial``) of one (model, dataset) pair and log it as one MLflow run.
 
-    ``callbacks`` are extra Lightning callbacks for the Trainer (tests use one to interrupt a fit).
+    ``callbacks`` are extra Lightning callbacks for the Trainer (tests use one to interrupt a fit); ``sources``:
+    datasets and weights already read by this process (a study's trials share them).
     """
     c = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     ft = c["finetune"]
@@ -108,7 +110,7 @@ def run_finetune(
     tracking.setup_tracking(c["tracking"]["uri"])
     experiment_id = tracking.ensure_experiment(c["tracking"]["experiment"], c["tracking"].get("artifact_root"))
     tracking.reap_dead_runs(experiment_id)
-    plan = finetune_plan(c, settings=settings)
+    plan = finetune_plan(c, sources or Sources(c["paths"]["cache_dir"]), settings)
     spec, data, cell, lr, wd = plan.spec, plan.data, plan.cell, plan.lr, plan.wd
     names, ood_options = plan.ood_names, plan.ood_options
     check_trainable(data)

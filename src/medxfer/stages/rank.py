@@ -518,8 +518,9 @@ def _split_features(spec, weights, table, dataset_name: str, c: dict[str, Any], 
     print(f"{progress}: features of {len(table)} images ({preprocess.input_size} px), cached or extracted", flush=True)
     digests = digest_store(c["paths"]["cache_dir"])
     data_digest = table_digest(table, digests)
-    return split_features(model, spec, weights_identity(spec, weights, digests), table, data_digest, dataset_name, SPLIT, preprocess,
-                          cache, c["extract"], decoded=decoded_cache_for(c["extract"], c["paths"]["cache_dir"]))
+    return split_features(model, spec, weights_identity(spec, weights, digests), table, data_digest, dataset_name,
+                          SPLIT, preprocess, cache, c["extract"],
+                          decoded=decoded_cache_for(c["extract"], c["paths"]["cache_dir"]))
 
 
 def _compute(feats, labels, names: list[str], device: str | None, options: dict, model: str) -> dict[str, float]:

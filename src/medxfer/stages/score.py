@@ -2,7 +2,8 @@
 
 Order of work, so that a bad setup fails before anything expensive: splits and score options checked
 (:func:`medxfer.plans.score_settings`) → tracking store reachable → the plan (:func:`medxfer.plans.score_plan`:
-weights resolved and fetched on first use, data read and split, the cells) → finished cells skipped → model built → features (cache or forward pass) → scores.
+weights resolved and fetched on first use, data read and split, the cells) → finished cells skipped → model built →
+features (cache or forward pass) → scores.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from medxfer.data.tables import SampleTable
 from medxfer.models.extract import FeatureCache, Features
 from medxfer.models.features import split_features
 from medxfer.models.zoo import ModelSpec, model_tags
-from medxfer.plans import ScorePlan, model_and_preprocess, score_plan, score_settings
+from medxfer.plans import ScorePlan, Sources, model_and_preprocess, score_plan, score_settings
 from medxfer.progress import cell_position
 from medxfer.scores.isolated import compute_isolated, single_thread
 from medxfer.scores.registry import split_applicable
@@ -42,16 +43,18 @@ class CellResult:
     cell: str | None = None
 
 
-def run_score(cfg: DictConfig, overrides: list[str] | None = None, *, use_cache: bool = True) -> list[CellResult]:
+def run_score(cfg: DictConfig, overrides: list[str] | None = None, *, use_cache: bool = True,
+              sources: Sources | None = None) -> list[CellResult]:
     """Score one (model, dataset) cell on each split in ``cfg.splits``; returns one result per split.
 
-    ``use_cache=False`` runs the forward pass even when the feature cache holds the split (a reproduction)."""
+    ``use_cache=False`` runs the forward pass even when the feature cache holds the split (a reproduction).
+    ``sources``: datasets and weights already read by this process (a study's cells share them)."""
     c = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     settings = score_settings(c)
     tracking.setup_tracking(c["tracking"]["uri"])
     experiment_id = tracking.ensure_experiment(c["tracking"]["experiment"], c["tracking"].get("artifact_root"))
     tracking.reap_dead_runs(experiment_id)
-    plan = score_plan(c, settings=settings)
+    plan = score_plan(c, sources or Sources(c["paths"]["cache_dir"]), settings)
     return run_score_plan(plan, experiment_id, overrides, use_cache=use_cache)
 
 

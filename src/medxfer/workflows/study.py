@@ -32,8 +32,11 @@ def run_study(cfg: DictConfig) -> StudyReport:
     from medxfer.stages.finetune import run_finetune
     from medxfer.stages.score import run_score
 
+    from medxfer.plans import Sources
+
     c = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     study = StudyGrid(c)  # composes each stage config once, for the stages and again for the manifest
+    sources = Sources(c["paths"]["cache_dir"])  # each dataset read, each model's weights resolved, once
     report = StudyReport()
     cells, trials = study.pairs, study.trials
 
@@ -44,7 +47,7 @@ def run_study(cfg: DictConfig) -> StudyReport:
     for i, (m, d) in enumerate(cells, 1):
         started = time.perf_counter()
         with counting(i, len(cells), clock.left_s()):  # the stage's lines say "[score i/n, ~t left]"
-            results = run_score(study.score_config(m, d))
+            results = run_score(study.score_config(m, d), sources=sources)
         done += sum(r.skipped for r in results)
         ran += sum(not r.skipped for r in results)
         clock.record(time.perf_counter() - started, any(not r.skipped for r in results))
@@ -61,7 +64,7 @@ def run_study(cfg: DictConfig) -> StudyReport:
         for i, (m, d, t, seed) in enumerate(trials, 1):
             started = time.perf_counter()
             with counting(i, len(trials), clock.left_s()):
-                result = run_finetune(study.trial_config(m, d, t, seed))
+                result = run_finetune(study.trial_config(m, d, t, seed), sources=sources)
             skipped = result.skipped
             clock.record(time.perf_counter() - started, not skipped)
             done += skipped
