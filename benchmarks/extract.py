@@ -37,7 +37,7 @@ from medxfer.data.tables import SampleTable
 from medxfer.data.transforms import Preprocess, eval_transform, resolve_preprocess
 from medxfer.models.extract import FeatureExtractor, extract_features
 from medxfer.models.zoo import ModelSpec, create_model, model_data_config, resolve_weights
-from medxfer.config import compose_config
+from medxfer.workflows.grid import compose_config
 
 
 def synthetic_table(cache_dir: Path, n: int, image_size: int, jpeg: bool) -> SampleTable:

@@ -12,7 +12,8 @@ from mlflow.tracking import MlflowClient
 
 from medxfer.analysis import AnalysisError, EnsembleWarning, add_ensembles, correlate, parse_ensembles
 from medxfer.analysis.baselines import BASELINES, add_baselines
-from medxfer.stages.analyze import IncompleteStudy, run_analyze
+from medxfer.stages.analyze import IncompleteStudy
+from medxfer.workflows.study import analyze_study
 from medxfer.tracking import logged_model_name
 
 from conftest import compose_config, png_width
@@ -63,7 +64,7 @@ def test_the_session_study_holds_the_real_runs_it_promises(tracked_study):
 
 def test_analysis_of_a_tracked_study(study_project, tracked_study):
     scores = tracked_study.scores
-    result = run_analyze(tracked_study.analyze_config("bootstrap.n=100"))
+    result = analyze_study(tracked_study.analyze_config("bootstrap.n=100"))
     iid_table, ood_table, n_params = _expected_tables(study_project, scores)
     # the data-blind baselines are appended after the ensembles (they are never part of one), in distribution only
     with_baselines, _ = add_baselines(add_ensembles(iid_table, ENSEMBLES).table, n_params)
@@ -113,7 +114,7 @@ def test_selected_trials_become_mlflow_models_once(study_project, tracked_study,
     # one selected trial whose checkpoint is gone: named, not logged
     gone = selected.iloc[0]
     client.set_tag(gone["run_id"], "checkpoint_path", str(study_project / "deleted.ckpt"))
-    run_analyze(tracked_study.analyze_config("bootstrap.n=20", "mlflow_models.register=true"))
+    analyze_study(tracked_study.analyze_config("bootstrap.n=20", "mlflow_models.register=true"))
     out = capsys.readouterr().out
     assert f"1 selected trial(s) have no checkpoint on disk" in out and gone["tags.mlflow.runName"] in out
     assert f"{len(selected) - 1} checkpoint(s) logged as MLflow models, {len(selected) - 1} registered" in out
@@ -132,18 +133,18 @@ def test_selected_trials_become_mlflow_models_once(study_project, tracked_study,
         assert client.get_model_version(name, "1").source == f"models:/{model.model_id}"
     assert "logged_model_id" not in client.get_run(gone["run_id"]).data.tags
     # a second analysis adds no model and no version
-    run_analyze(tracked_study.analyze_config("bootstrap.n=20", "mlflow_models.register=true"))
+    analyze_study(tracked_study.analyze_config("bootstrap.n=20", "mlflow_models.register=true"))
     assert len(client.search_logged_models(experiment_ids=[experiment])) == len(selected) - 1
     assert "logged as MLflow models" not in capsys.readouterr().out
 
 
 def test_the_same_analysis_of_the_same_runs_is_reused_not_repeated(study_project, tracked_study, capsys):
-    first = run_analyze(tracked_study.analyze_config("bootstrap.n=20"))
+    first = analyze_study(tracked_study.analyze_config("bootstrap.n=20"))
     figures_dir = first.figures[0].parent
     drawn = {p.name: p.read_bytes() for p in figures_dir.iterdir()}
     shutil.rmtree(figures_dir)  # a user cleans outputs/, or another analysis draws there
     capsys.readouterr()
-    again = run_analyze(tracked_study.analyze_config("bootstrap.n=20"))
+    again = analyze_study(tracked_study.analyze_config("bootstrap.n=20"))
     out = capsys.readouterr().out
     assert again.run_id == first.run_id and f"up to date: analysis run {first.run_id}" in out and "tau table" in out
     pd.testing.assert_frame_equal(again.iid, first.iid)
@@ -154,8 +155,8 @@ def test_the_same_analysis_of_the_same_runs_is_reused_not_repeated(study_project
     analyses = mlflow.search_runs(experiment_names=["default/analysis"])
     assert len(analyses) == 1
     # other settings, or force=true, analyse again
-    other = run_analyze(tracked_study.analyze_config("bootstrap.n=30"))
-    forced = run_analyze(tracked_study.analyze_config("bootstrap.n=20", "force=true"))
+    other = analyze_study(tracked_study.analyze_config("bootstrap.n=30"))
+    forced = analyze_study(tracked_study.analyze_config("bootstrap.n=20", "force=true"))
     assert len({first.run_id, other.run_id, forced.run_id}) == 3
     assert len(mlflow.search_runs(experiment_names=["default/analysis"])) == 3
 
@@ -178,9 +179,9 @@ def test_run_names_become_valid_model_names():
 
 def test_ensembles_can_be_switched_off_or_restricted(study_project, tracked_study):
     scores = tracked_study.scores
-    plain = run_analyze(tracked_study.analyze_config("bootstrap.n=20", "ensembles=null"))
+    plain = analyze_study(tracked_study.analyze_config("bootstrap.n=20", "ensembles=null"))
     assert set(plain.iid.score) == {*scores, *BASELINES} and plain.weights.empty
-    only = run_analyze(tracked_study.analyze_config("bootstrap.n=20", "~ensembles.ens_linear", "~ensembles.ens_z",
+    only = analyze_study(tracked_study.analyze_config("bootstrap.n=20", "~ensembles.ens_linear", "~ensembles.ens_z",
                                                     "ensembles.ens_rank.scores=[logme]"))
     assert set(only.iid.score) == {*scores, *BASELINES, "ens_rank"}
     ex = only.iid.set_index(["dataset", "score"])
@@ -192,16 +193,16 @@ def test_ensembles_can_be_switched_off_or_restricted(study_project, tracked_stud
 def test_ensemble_config_errors_stop_before_any_run(study_project, tracked_study):
     available = re.escape(str(sorted(tracked_study.scores)))
     with pytest.raises(AnalysisError, match=r"score\(s\) \['gbc'\] not in the in-distribution table; available: " + available):
-        run_analyze(tracked_study.analyze_config("ensembles.ens_rank.scores=[logme,gbc]"))
+        analyze_study(tracked_study.analyze_config("ensembles.ens_rank.scores=[logme,gbc]"))
     with pytest.raises(AnalysisError, match=r"unknown kind 'median'"):
-        run_analyze(tracked_study.analyze_config("ensembles.ens_rank.kind=median"))
+        analyze_study(tracked_study.analyze_config("ensembles.ens_rank.kind=median"))
     mlflow.set_tracking_uri(f"sqlite:///{study_project}/mlruns/mlflow.db")
     assert mlflow.get_experiment_by_name("default/analysis") is None
 
 
 def test_one_dataset_study_skips_the_linear_ensemble_with_a_warning(study_project, tracked_study):
     with pytest.warns(EnsembleWarning, match="ens_linear.*skipped: leave-one-dataset-out needs >= 2 datasets"):
-        result = run_analyze(tracked_study.analyze_config("bootstrap.n=20", datasets=tracked_study.datasets[:1]))
+        result = analyze_study(tracked_study.analyze_config("bootstrap.n=20", datasets=tracked_study.datasets[:1]))
     assert {"ens_rank", "ens_z"} <= set(result.iid["score"]) and "ens_linear" not in set(result.iid["score"])
     assert set(result.iid["dataset"]) == {tracked_study.datasets[0], "ALL"}
 
@@ -216,11 +217,11 @@ def test_incomplete_study_lists_missing_cells(study_project, tracked_study):
         for run_id in mlflow.search_runs(experiment_names=[experiment], filter_string=cell)["run_id"]:
             client.delete_run(run_id)
     with pytest.raises(IncompleteStudy) as err:
-        run_analyze(tracked_study.analyze_config("bootstrap.n=50"))
+        analyze_study(tracked_study.analyze_config("bootstrap.n=50"))
     named = [f"score run {model}@{dataset}/train", f"score run {model}@{dataset}/ood",
              *(f"fine-tune run {model}@{dataset}#trial{t}" for t in tracked_study.trials)]
     assert f"missing {len(named)} run(s)" in str(err.value) and all(f"\n  {n}" in str(err.value) for n in named)
-    result = run_analyze(tracked_study.analyze_config("bootstrap.n=50", "allow_incomplete=true"))
+    result = analyze_study(tracked_study.analyze_config("bootstrap.n=50", "allow_incomplete=true"))
     assert result.missing and set(result.iid[result.iid.dataset == dataset].n) == {len(tracked_study.models) - 1}
 
 
@@ -229,15 +230,15 @@ def test_runs_tracked_before_cell_schema_2_are_read_with_legacy_true(study_proje
     manifest finds none of its cells, and ``legacy=true`` reads the runs the old way, to the same table."""
     import sqlite3
 
-    current = run_analyze(tracked_study.analyze_config("bootstrap.n=50"))
+    current = analyze_study(tracked_study.analyze_config("bootstrap.n=50"))
     con = sqlite3.connect(study_project / "mlruns" / "mlflow.db")
     with con:  # what a schema-1 run carried: no cell id, digests or schema tag, and split iid
         con.execute("DELETE FROM tags WHERE key IN ('cell', 'cell_schema', 'data_digest', 'weights_id')")
         con.execute("UPDATE tags SET value = 'iid' WHERE key = 'split' AND value = 'train'")
     con.close()
     with pytest.raises(IncompleteStudy, match="missing"):
-        run_analyze(tracked_study.analyze_config("bootstrap.n=50"))
-    legacy = run_analyze(tracked_study.analyze_config("bootstrap.n=50", "legacy=true"))
+        analyze_study(tracked_study.analyze_config("bootstrap.n=50"))
+    legacy = analyze_study(tracked_study.analyze_config("bootstrap.n=50", "legacy=true"))
     pd.testing.assert_frame_equal(legacy.iid.reset_index(drop=True), current.iid.reset_index(drop=True))
     pd.testing.assert_frame_equal(legacy.ood.reset_index(drop=True), current.ood.reset_index(drop=True))
     assert MlflowClient().get_run(legacy.run_id).data.tags["manifest"] == "legacy"
@@ -245,12 +246,12 @@ def test_runs_tracked_before_cell_schema_2_are_read_with_legacy_true(study_proje
 
 @pytest.mark.parametrize("allow_incomplete", ["true", "false"])
 def test_a_study_without_runs_is_a_clear_error_at_once(project, allow_incomplete, monkeypatch):
-    import medxfer.manifest
+    import medxfer.workflows.grid
 
     def forbidden(*a, **k):  # every cell's config and data digest: seconds per cell, for nothing to read
         raise AssertionError("the manifest of a study without runs was composed")
 
-    monkeypatch.setattr(medxfer.manifest, "study_manifest", forbidden)
+    monkeypatch.setattr(medxfer.workflows.grid.StudyGrid, "manifest", forbidden)
     with pytest.raises(IncompleteStudy, match="study 'nothing' has no FINISHED score or fine-tune run") as err:
-        run_analyze(compose_config("analyze", ["study=nothing", f"allow_incomplete={allow_incomplete}"]))
+        analyze_study(compose_config("analyze", ["study=nothing", f"allow_incomplete={allow_incomplete}"]))
     assert "study=nothing" in err.value.hint

@@ -42,9 +42,9 @@ def _artifact_files(client, run_id: str, path: str | None = None) -> list[str]:
 
 
 def test_mlflow_ui_shows_the_runs_a_user_needs(study_project, tracked_study, tmp_path):
-    from medxfer.stages.analyze import run_analyze
+    from medxfer.workflows.study import analyze_study
 
-    analysis = run_analyze(tracked_study.analyze_config("bootstrap.n=100"))
+    analysis = analyze_study(tracked_study.analyze_config("bootstrap.n=100"))
     uri = f"sqlite:///{study_project}/mlruns/mlflow.db"
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()

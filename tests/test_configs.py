@@ -342,30 +342,53 @@ def test_study_without_experiment_is_the_default_study(cfg_of):
     assert c["study"] == "default" and len(c["models"]) >= 12 and c["models"][:3] == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 
 
-def test_remembered_compositions_compose_once_and_hand_out_copies(monkeypatch):
-    import medxfer.config as config
-
-    calls = []
-    real = config._compose
-    monkeypatch.setattr(config, "_compose", lambda name, ov: calls.append((name, tuple(ov))) or real(name, ov))
-    overrides = ["model=efficientnet_lite1", "dataset=synthetic_mri"]
-    with config.remembered_compositions():
-        first = config.compose_config("score", overrides)
-        first.model.name = "changed"  # a caller's edit does not reach the next caller
-        second = config.compose_config("score", overrides)
-        other = config.compose_config("score", ["model=efficientnet_lite2"])
-    assert second.model.name == "efficientnet_lite1" and other.model.name == "efficientnet_lite2"
-    assert calls == [("score", tuple(overrides)), ("score", ("model=efficientnet_lite2",))]
-    config.compose_config("score", overrides)  # outside the block every call composes
-    assert len(calls) == 3
-
-
 def test_a_study_trial_config_is_the_one_its_command_line_composes(cfg_of):
-    from medxfer.config import compose_config
-    from medxfer.manifest import finetune_overrides, trial_config
+    from medxfer.workflows.grid import compose_config, finetune_overrides, trial_config
 
     c = OmegaConf.to_container(cfg_of("study", ["finetune.trials=[1,3]", "finetune.seeds=[0,2]"]), resolve=True)
     for trial, seed in ((1, 0), (3, 2)):
         derived = trial_config(c, "efficientnet_lite0", "synthetic_derm", trial, seed)
         composed = compose_config("finetune", finetune_overrides(c, "efficientnet_lite0", "synthetic_derm", trial, seed))
         assert OmegaConf.to_container(derived, resolve=True) == OmegaConf.to_container(composed, resolve=True)
+
+
+# --- a misspelt choice ----------------------------------------------------------------------------------------------
+
+def _chosen_groups() -> list[tuple[str, str]]:
+    """(primary, group) for every config group a user chooses from on a command's line: every group of every
+    primary config's defaults list (``hydra`` aside, whose choices are Hydra's own)."""
+    out = []
+    for primary in PRIMARY:
+        for entry in yaml.safe_load((CONF / f"{primary}.yaml").read_text()).get("defaults", []):
+            if isinstance(entry, dict):
+                group = next(iter(entry)).replace("optional ", "").replace("override ", "")
+                if group != "hydra" and (CONF / group).is_dir():
+                    out.append((primary, group))
+    return out
+
+
+def test_every_chosen_group_is_covered():
+    chosen = _chosen_groups()
+    assert ("study", "experiment") in chosen and ("analyze", "experiment") in chosen and ("score", "model") in chosen
+    assert {g for _, g in chosen} >= set(GROUPS) | {"grid"}
+
+
+@pytest.mark.parametrize("primary,group", _chosen_groups())
+def test_a_misspelt_choice_is_an_error_listing_the_known_options(cfg_of, primary, group):
+    """``medxfer-study experiment=papr`` (or ``experiment=medical`` before it exists) must not run the default
+    study: every group refuses an unknown option at once, naming it and listing the known ones."""
+    import time
+
+    t0 = time.perf_counter()
+    with pytest.raises(MissingConfigException) as err:
+        cfg_of(primary, [f"{group}=papr"])
+    assert time.perf_counter() - t0 < 1.0
+    message = str(err.value)
+    assert f"Could not find '{group}/papr'" in message
+    listed = message.split(f"Available options in '{group}':", 1)[1]
+    assert all(option in listed for option in options(group)), message
+
+
+def test_experiment_none_is_the_default_study(cfg_of):
+    assert _container(cfg_of("study", ["experiment=none"])) == _container(cfg_of("study"))
+

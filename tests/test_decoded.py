@@ -11,8 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
+from medxfer.cells import table_digest
 from medxfer.data.decoded import DecodedBatches, DecodedImageCache, decoded_cache_for, decoded_key
 from medxfer.data.tables import SampleTable
+from medxfer.digests import FileDigests
 from medxfer.data.transforms import Preprocess, eval_transform
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -131,7 +133,7 @@ def test_feature_cache_key_changes_whenever_pixels_would(image_files, tmp_path, 
 
     def key(table, p):
         cache.table = table
-        split_features(None, spec, "w", table, table.content_digest(), "files", "iid", p, cache, {})
+        split_features(None, spec, "w", table, table_digest(table, FileDigests(None)), "files", "iid", p, cache, {})
         return cache.paths[-1].name
 
     base = Preprocess(64, 73, "bicubic", *HALF)

@@ -50,6 +50,7 @@ def test_model_typo_fails_with_the_list_of_models_before_torch_loads(tmp_path):
 @pytest.mark.parametrize("module,args", [
     ("medxfer.cli.finetune", ["dataset=synthetic_dermm"]),
     ("medxfer.cli.study", ["no_such_option=1"]),
+    ("medxfer.cli.study", ["experiment=papr"]),  # an optional group once composed the default study silently
     ("medxfer.cli.analyze", ["tracking=sqlitee"]),
     ("medxfer.cli.rank", ["model=efficientnet_litee0"]),
     ("medxfer.cli.data", ["dataset=isic2019x"]),

@@ -19,15 +19,15 @@ def test_paper_figures_notebook_shows_the_analysis_runs_tables(study_project, tr
     """The notebook reads the tables (with the ensembles) of the analysis run of its study config's manifest, so
     its tau table is that run's, even when a newer analysis run of another grid exists."""
     nbclient = pytest.importorskip("nbclient")
-    from medxfer.analysis.results import latest_analysis
-    from medxfer.stages.analyze import run_analyze
+    from medxfer.results import latest_analysis
+    from medxfer.workflows.study import analyze_study
 
-    run_analyze(tracked_study.analyze_config("bootstrap.n=100"))
+    analyze_study(tracked_study.analyze_config("bootstrap.n=100"))
     logged = latest_analysis("default")
     # a newer analysis run of one of the datasets: not this grid's, so the notebook must not show it
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # one dataset: no leave-one-dataset-out ensemble, which is not tested here
-        run_analyze(tracked_study.analyze_config("bootstrap.n=100", datasets=tracked_study.datasets[:1]))
+        analyze_study(tracked_study.analyze_config("bootstrap.n=100", datasets=tracked_study.datasets[:1]))
     assert latest_analysis("default").run_id != logged.run_id
     monkeypatch.setenv("MEDXFER_ROOT", str(study_project))  # the notebook only reads the store
     monkeypatch.setenv("MEDXFER_STUDY", "default")

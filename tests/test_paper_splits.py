@@ -185,9 +185,10 @@ SMALL = ["model=efficientnet_lite0", "preprocess.input_size=32", "preprocess.res
 def test_score_stage_scores_the_published_splits(project, paper_tree, monkeypatch, dataset):
     import mlflow
 
+    import medxfer.plans as plans
     import medxfer.stages.score as score_stage
 
-    seen = _spy_on_load_dataset(monkeypatch, score_stage)
+    seen = _spy_on_load_dataset(monkeypatch, plans)
     cfg = compose_config("score", [*SMALL, f"dataset={dataset}", f"dataset.root={paper_tree}", "score=logme",
                                    "dataset.max_samples={train: 24, ood: 12}", "extract.progress=false"])
     t0 = time.perf_counter()
@@ -208,9 +209,10 @@ def test_score_stage_scores_the_published_splits(project, paper_tree, monkeypatc
 
 @pytest.mark.parametrize("dataset", ["brain_tumor", "isic2019"])
 def test_finetune_stage_trains_and_tests_on_the_published_splits(project, paper_tree, monkeypatch, dataset):
+    import medxfer.plans as plans
     import medxfer.stages.finetune as finetune_stage
 
-    seen = _spy_on_load_dataset(monkeypatch, finetune_stage)
+    seen = _spy_on_load_dataset(monkeypatch, plans)
     cfg = compose_config("finetune", [
         *SMALL, f"dataset={dataset}", f"dataset.root={paper_tree}", "trial=1", "ood_scores=[]",
         "dataset.max_samples={train: 16, val: 8, test: 8, ood: 8}", "finetune.max_epochs=1",

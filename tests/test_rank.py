@@ -17,7 +17,8 @@ from omegaconf import OmegaConf
 
 from conftest import compose_config
 from medxfer.analysis import apply_pooling, correlate, fit_linear_pooling
-from medxfer.analysis.runs import study_tables
+from medxfer.results import study_tables
+from medxfer.workflows.grid import study_manifest
 from medxfer.cli.rank import rank_overrides
 from medxfer.data.tables import DataError
 from medxfer.stages.rank import NO_STUDY, RankError, run_rank
@@ -92,12 +93,12 @@ def test_cli_ranks_models_of_a_csv_dataset_logs_a_run_and_reuses_the_feature_cac
 
 
 def test_ens_rank_and_ens_z_combine_the_scores_of_each_model(rank_cfg, project, monkeypatch):
-    import medxfer.manifest
+    import medxfer.workflows.grid
 
     def forbidden(*a, **k):  # the project tracks no study: nothing to compose its manifest for
         raise AssertionError("the manifest of a study without runs was composed")
 
-    monkeypatch.setattr(medxfer.manifest, "study_manifest", forbidden)
+    monkeypatch.setattr(medxfer.workflows.grid, "study_manifest", forbidden)
     scores = ["logme", "leep", "nce"]
     ens_rank = run_rank(rank_cfg("rank.score=ens_rank", f"rank.ensemble_scores=[{','.join(scores)}]"))
     table = ens_rank.table.set_index("model")
@@ -159,14 +160,15 @@ def test_another_folder_with_the_same_file_names_and_labels_is_not_read_from_the
 
 
 def test_tau_column_comes_from_the_tracked_study(rank_cfg, study_project, tracked_study):
-    from medxfer.stages.analyze import run_analyze
+    from medxfer.workflows.study import analyze_study as run_analyze
 
     # no analysis run yet: computed from the study's score and fine-tune runs
     # the study's grid, and its preprocessing (it scored at 64 px without a resize of its own): else no tau applies
     grid = [tracked_study.rank_study_overrides(), "preprocess.resize=null"]
     result = run_rank(rank_cfg("score=logme", *grid))
     # the study's table as the analysis reads it: the manifest's cells of the fixture's grid
-    study = study_tables(OmegaConf.to_container(tracked_study.analyze_config(), resolve=True)).iid
+    c = OmegaConf.to_container(tracked_study.analyze_config(), resolve=True)
+    study = study_tables(c["study"], study_manifest(c)).iid
     expected = correlate(study[study["score"] == "logme"]).set_index(["dataset", "score"]).loc[("ALL", "logme")]
     tau = result.study_tau
     assert (tau.tau, tau.tau_lo, tau.tau_hi) == pytest.approx((expected["tau"], expected["tau_lo"], expected["tau_hi"]))

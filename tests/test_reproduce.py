@@ -18,7 +18,7 @@ def test_score_run_reproduces_exactly_and_is_tagged(score_cfg, project, monkeypa
     monkeypatch.setattr(features, "extract_features", lambda *a, **k: forward_passes.append(1) or real(*a, **k))
     uri = f"sqlite:///{project}/mlruns/mlflow.db"
     client = MlflowClient(uri)
-    client.set_tag(original, "weights_digest", "0" * 64)  # pretend the weights changed since
+    client.set_tag(original, "weights_id", "sha256:" + "0" * 64)  # pretend the weights changed since
     comparison = reproduce(original, tracking_uri=uri)
     assert comparison.matches and comparison.max_difference == 0.0 and comparison.tolerance == 0.0
     names = {r[0] for r in comparison.rows}
@@ -27,7 +27,7 @@ def test_score_run_reproduces_exactly_and_is_tagged(score_cfg, project, monkeypa
     assert new.data.tags["reproduces"] == original and new.info.status == "FINISHED"
     assert new.data.tags["split"] == "train"
     assert forward_passes == [1], "the reproduction read the feature cache instead of recomputing"
-    assert any(w.startswith("weights_digest differs") for w in comparison.warnings)
+    assert any(w.startswith("weights_id differs") for w in comparison.warnings)
     assert "score/logme" in comparison.table()
 
 

@@ -9,6 +9,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import medxfer.models.features as features_module
+import medxfer.models.zoo as zoo_module
+import medxfer.plans as plans
 import medxfer.stages.score as score_stage
 from medxfer.scores import available_scores
 from medxfer.stages.score import run_score
@@ -55,7 +57,7 @@ def test_rerun_adds_no_run_and_does_no_forward_pass(score_cfg, project, monkeypa
 
     with monkeypatch.context() as m:
         m.setattr(features_module, "extract_features", forbidden)
-        m.setattr(score_stage, "create_model", forbidden)
+        m.setattr(zoo_module, "create_model", forbidden)
         results = run_score(score_cfg())
     assert all(r.skipped for r in results)
     assert len(_runs(project)) == len(first) == 2
@@ -121,7 +123,7 @@ def test_unknown_score_name(score_cfg):
 
 
 def test_unreachable_tracking_uri_fails_before_any_work(score_cfg, monkeypatch):
-    monkeypatch.setattr(score_stage, "load_dataset", lambda *a, **k: pytest.fail("data was read"))
+    monkeypatch.setattr(plans, "load_dataset", lambda *a, **k: pytest.fail("data was read"))
     with pytest.raises(TrackingError, match="cannot reach the MLflow tracking store"):
         run_score(score_cfg("tracking.uri=http://127.0.0.1:9"))
 
@@ -129,7 +131,7 @@ def test_unreachable_tracking_uri_fails_before_any_work(score_cfg, monkeypatch):
 def test_missing_weights_fail_before_data_is_read(score_cfg, monkeypatch):
     from medxfer.models.zoo import WeightsNotFound
 
-    monkeypatch.setattr(score_stage, "load_dataset", lambda *a, **k: pytest.fail("data was read"))
+    monkeypatch.setattr(plans, "load_dataset", lambda *a, **k: pytest.fail("data was read"))
     with pytest.raises(WeightsNotFound, match="Provide one of"):
         run_score(score_cfg("model=resnet18"))
 

@@ -73,7 +73,8 @@ def test_weights_without_an_imagenet_head_beat_random_weights_on_the_probe(name,
 
 
 def test_the_zoo_lists_at_least_15_registry_models_and_the_default_study_12_of_8_architectures():
-    from medxfer.stages.zoo import describe, study_models
+    from medxfer.stages.zoo import describe
+    from medxfer.workflows.grid import study_models
 
     registry = [n for n in model_names() if _spec(n).source]
     assert len(registry) >= 15, registry

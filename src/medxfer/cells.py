@@ -12,19 +12,25 @@ a *fine-tune cell* is one Halton trial at one seed. A cell's id is a hash of
    of a registry package (in the model config, checked when fetched), or the hub's name for hub weights;
 4. a schema version, bumped when a code change changes what a cell computes.
 
-Stages build cells through this module and never compute identities themselves. A cell also owns its run name
-(``<model>@<dataset>/<split>``, ``...#trial<i>``), its tags and its feature-cache key.
+Cells are built from plans (:mod:`medxfer.plans`) and nowhere else; every other identity or cache key in medxfer
+(the analysis run, the decoded-image cache, the zoo's conversions, the feature cache) is hashed with the same
+helper, :func:`medxfer.digests.hash_parts`, and a table's contents have one digest,
+:func:`medxfer.data.tables.table_digest`. A cell also owns its run name (``<model>@<dataset>/<split>``,
+``...#trial<i>``) and its run's tags.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medxfer.digests import FileDigests
+from medxfer.data.tables import table_digest
+from medxfer.digests import FileDigests, digest_store, hash_parts
+
+__all__ = ["SCHEMA", "SPLITS", "Cell", "analysis_cell_id", "digest_store", "finetune_cell", "hash_parts", "score_cell",
+           "split_name", "splits_digest", "table_digest", "weights_identity"]
 
 if TYPE_CHECKING:
     from medxfer.data.tables import DatasetSplits, SampleTable
@@ -61,11 +67,6 @@ def split_name(name: str) -> str:
     return name
 
 
-def hash_parts(parts: Any) -> str:
-    """A short stable hash of a JSON-able description."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def analysis_cell_id(manifest_id: str, run_ids: list[str], settings: dict[str, Any]) -> str:
     """The identity of an analysis: the manifest it read, the very runs it read (a forced rerun of a cell is a
     new run id, so new values make a new analysis) and the settings that change its numbers (``select``,
@@ -98,27 +99,6 @@ def model_identity(model: dict[str, Any], names: list[str] | None = None) -> dic
     return keep
 
 
-def table_digest(table: "SampleTable", digests: FileDigests) -> str:
-    """SHA-256 of what a split holds: its class names, and each sample's label and image bytes, in order.
-    Independent of where the files are; a missing file is an error naming the split and the file."""
-    import numpy as np
-
-    from medxfer.data.tables import DataError
-
-    h = hashlib.sha256(json.dumps(list(table.class_names)).encode())
-    h.update(np.ascontiguousarray(table.labels, dtype=np.int64).tobytes())
-    if table.images is not None:
-        h.update(str(table.images.shape).encode())
-        h.update(np.ascontiguousarray(table.images).tobytes())
-        return h.hexdigest()
-    try:
-        files = digests.many(table.paths)
-    except OSError as err:
-        raise DataError(f"{table.name}: cannot read image file {err.filename}: {err.strerror}") from None
-    h.update("\n".join(files).encode())
-    return h.hexdigest()
-
-
 def splits_digest(data: "DatasetSplits", digests: FileDigests) -> str:
     """SHA-256 over the contents of every split a fine-tune cell reads (train, val, test and the OOD set)."""
     parts = [f"{t.name.rsplit('/', 1)[-1]}:{table_digest(t, digests)}"
@@ -135,11 +115,6 @@ def weights_identity(spec: "ModelSpec", weights: "ResolvedWeights", digests: Fil
         src = spec.source or {}
         return "registry:" + hash_parts({k: src.get(k) for k in ("archive_sha256", "file_sha256", "format", "converter")})
     return f"hub:{weights.location}"
-
-
-def digest_store(cache_dir: str | Path | None) -> FileDigests:
-    """The per-file digest memo of a project: ``<cache_dir>/digests.sqlite``."""
-    return FileDigests(Path(cache_dir) / "digests.sqlite" if cache_dir else None)
 
 
 @dataclass(frozen=True)
@@ -165,13 +140,20 @@ class Cell:
             return f"{self.model}@{self.dataset}#trial{self.trial}" + (f".s{self.seed}" if self.seed else "")
         return f"{self.model}@{self.dataset}/{self.split}"
 
-    def tags(self) -> dict[str, str]:
-        """The run schema's tags of this cell."""
-        tags = {"stage": self.kind, "model": self.model, "dataset": self.dataset, "split": self.split,
-                "cell": self.id, "cell_schema": str(SCHEMA[self.kind]), "data_digest": self.data_digest,
-                "weights_id": self.weights_id}
+    def tags(self, study: str | None = None, *, extra: dict[str, str] | None = None,
+             user: dict[str, Any] | None = None) -> dict[str, str]:
+        """The run's tags: the user's ``tags`` first, then the stage's ``extra`` (weights source, model
+        description), then the run schema (stage, model, dataset, split, cell, digests, study), so that no user
+        tag can rename a cell (claims and the analysis find runs by these)."""
+        tags = {str(k): str(v) for k, v in (user or {}).items()}
+        tags.update(extra or {})
+        tags.update({"stage": self.kind, "model": self.model, "dataset": self.dataset, "split": self.split,
+                     "cell": self.id, "cell_schema": str(SCHEMA[self.kind]), "data_digest": self.data_digest,
+                     "weights_id": self.weights_id})
         if self.kind == "finetune":
             tags.update({"trial": str(self.trial), "seed": str(self.seed), "sweep": str(self.sweep)})
+        if study is not None:
+            tags["study"] = study
         return tags
 
 
@@ -203,14 +185,3 @@ def finetune_cell(c: dict[str, Any], data_digest: str, weights_id: str) -> Cell:
     sweep = hash_parts(parts)
     return Cell("finetune", c["model"]["name"], c["dataset"]["name"], "train", hash_parts({**parts, "trial": c["trial"]}),
                 parts["data"], weights_id, trial=int(c["trial"]), seed=int(c["finetune"]["seed"]), sweep=sweep)
-
-
-def feature_cache_key(spec: "ModelSpec", weights_digest: str, table: "SampleTable", data_digest: str,
-                      preprocess: dict[str, Any]) -> str:
-    """The feature cache's key of a split: architecture, the loaded weights' digest, the split's content digest
-    and the resolved preprocessing (so ``medxfer-score`` and ``medxfer-rank`` share cached features), and the
-    version of the evaluation pixels (a decoder or resize change that gives other pixels gives other keys)."""
-    from medxfer.data.transforms import EVAL_PIXELS_VERSION
-
-    return hash_parts({"arch": spec.arch, "weights": weights_digest, "data": data_digest, "n": len(table),
-                       "preprocess": preprocess, "pixels": EVAL_PIXELS_VERSION})

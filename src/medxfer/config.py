@@ -1,14 +1,11 @@
-"""Where the Hydra configs live, the OmegaConf resolvers they use, and composing them from code."""
+"""Where the Hydra configs live and the OmegaConf resolvers they use. Composing them is the entry points' job
+(:mod:`medxfer.cli`, :mod:`medxfer.workflows.grid`)."""
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import os
 from pathlib import Path
-from typing import Iterator
-
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 _HERE = Path(__file__).resolve().parent
 # an installed wheel carries the configs inside the package (medxfer/conf); a checkout (editable install, or
@@ -51,44 +48,3 @@ def register_resolvers() -> None:
 
 
 register_resolvers()
-
-
-_remembered: dict[tuple[str, tuple[str, ...]], DictConfig] | None = None
-
-
-@contextlib.contextmanager
-def remembered_compositions() -> Iterator[None]:
-    """Inside the block, :func:`compose_config` composes each (config name, overrides) once and hands out
-    copies: a study composes every stage config for its stages and the same ones again for its manifest, and one
-    Hydra composition takes about a quarter of a second. Interpolations stay unresolved in what is remembered
-    (environment variables are read when a copy is resolved); the config files are assumed not to change inside
-    the block."""
-    global _remembered
-    outer = _remembered
-    _remembered = {} if outer is None else outer
-    try:
-        yield
-    finally:
-        _remembered = outer
-
-
-def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
-    """The composed config ``config_name`` with ``overrides``, as Hydra's command line would build it (inside a
-    running Hydra job, with that job's config search path)."""
-    key = (config_name, tuple(overrides))
-    if _remembered is not None and key in _remembered:
-        return copy.deepcopy(_remembered[key])
-    cfg = _compose(config_name, overrides)
-    if _remembered is not None:
-        _remembered[key] = copy.deepcopy(cfg)
-    return cfg
-
-
-def _compose(config_name: str, overrides: list[str]) -> DictConfig:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    if GlobalHydra.instance().is_initialized():
-        return compose(config_name=config_name, overrides=overrides)
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return compose(config_name=config_name, overrides=overrides)

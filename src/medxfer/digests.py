@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
-__all__ = ["FileDigests", "file_sha256", "path_sha256", "published_with_checksum"]
+__all__ = ["FileDigests", "digest_store", "file_sha256", "hash_parts", "path_sha256", "published_with_checksum"]
+
+
+def hash_parts(parts: Any, length: int = 16) -> str:
+    """A short stable hash of a JSON-able description: the one way medxfer turns a description into an identity
+    or a cache key (cells, the analysis run, the feature and decoded-image caches, the zoo's conversions)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
 def file_sha256(path: str | Path) -> str:
@@ -110,3 +117,8 @@ class FileDigests:
     def file(self, path: str | Path) -> str:
         """The digest of one file."""
         return self.many([path])[0]
+
+
+def digest_store(cache_dir: str | Path | None) -> FileDigests:
+    """The per-file digest memo of a project: ``<cache_dir>/digests.sqlite``."""
+    return FileDigests(Path(cache_dir) / "digests.sqlite" if cache_dir else None)

@@ -19,8 +19,8 @@ from medxfer.config import config_dir
 @reports_errors
 def main(cfg: DictConfig) -> None:
     filter_known_warnings()
-    from medxfer.stages.analyze import run_analyze  # after composing: a typo fails before torch loads
-    result = run_analyze(cfg, overrides=task_overrides())
+    from medxfer.workflows.study import analyze_study  # after composing: a typo fails before torch loads
+    result = analyze_study(cfg, overrides=task_overrides())
     print("[analyze] figures:\n  " + "\n  ".join(str(p) for p in result.figures))
 
 

@@ -26,10 +26,11 @@ def main(argv: list[str] | None = None) -> None:
     from hydra import compose, initialize_config_dir
 
     from medxfer.stages.zoo import run_zoo
+    from medxfer.workflows.grid import study_models
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose(config_name="model_zoo", overrides=argv[1:])
-    print(run_zoo(argv[0], cfg), flush=True)  # its errors are medxfer's own: reports_errors exits 2
+    print(run_zoo(argv[0], cfg, study_models), flush=True)  # its errors are medxfer's own: reports_errors exits 2
 
 
 if __name__ == "__main__":

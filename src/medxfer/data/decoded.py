@@ -10,8 +10,6 @@ the cached pixels equal those from decoding afresh.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import re
@@ -26,7 +24,8 @@ from torchvision.transforms import functional as TF
 
 from medxfer.data.tables import SampleTable
 from medxfer.data.transforms import EVAL_PIXELS_VERSION, Preprocess, eval_geometry
-from medxfer.digests import file_sha256, published_with_checksum
+from medxfer.data.tables import table_digest
+from medxfer.digests import FileDigests, digest_store, file_sha256, hash_parts, published_with_checksum
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +35,15 @@ CHANNELS = "RGB"
 _BUILD_BATCH = 16
 
 
-def decoded_key(table: SampleTable, preprocess: Preprocess) -> str:
-    """Hex key of a split's decoded pixels: its contents (sample ids, labels, each file's path, size and
-    modification time, or the pixel array) and the geometry. Mean and std are not in it: they are applied on
-    the fly, so models with other normalisations share the file."""
-    parts = {
-        "pixels": EVAL_PIXELS_VERSION, "content": table.content_digest(), "resize": preprocess.resize,
-        "crop": preprocess.input_size, "interpolation": preprocess.interpolation, "channels": CHANNELS,
-    }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+def decoded_key(table: SampleTable, preprocess: Preprocess, digests: FileDigests | None = None) -> str:
+    """Hex key of a split's decoded pixels: its contents (the table digest of its cells: class names, labels and
+    each image's bytes, looked up in ``digests``) and the geometry. Mean and std are not in it: they are applied
+    on the fly, so models with other normalisations share the file."""
+    return hash_parts({
+        "pixels": EVAL_PIXELS_VERSION, "content": table_digest(table, digests or FileDigests(None)),
+        "resize": preprocess.resize, "crop": preprocess.input_size, "interpolation": preprocess.interpolation,
+        "channels": CHANNELS,
+    }, length=20)
 
 
 def decoded_cache_for(extract: dict[str, Any], cache_dir: str | Path) -> "DecodedImageCache | None":
@@ -53,7 +52,7 @@ def decoded_cache_for(extract: dict[str, Any], cache_dir: str | Path) -> "Decode
     enabled = extract.get("decoded_cache", True)
     if not isinstance(enabled, bool):
         raise ValueError(f"extract.decoded_cache={enabled!r}; expected true or false")
-    return DecodedImageCache(Path(cache_dir) / "decoded") if enabled else None
+    return DecodedImageCache(Path(cache_dir) / "decoded", digest_store(cache_dir)) if enabled else None
 
 
 def normalise_batch(images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
@@ -112,12 +111,13 @@ def _safe(name: str) -> str:
 class DecodedImageCache:
     """Decoded splits under ``root/<split name>-<crop>px-<key>.npy``, each with a ``.sha256`` file."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, digests: FileDigests | None = None):
         self.root = Path(root)
+        self.digests = digests
 
     def path(self, table: SampleTable, preprocess: Preprocess) -> Path:
-        key = decoded_key(table, preprocess)
-        return self.root / f"{_safe(table.name)}-{preprocess.input_size}px-{key[:20]}.npy"
+        key = decoded_key(table, preprocess, self.digests)
+        return self.root / f"{_safe(table.name)}-{preprocess.input_size}px-{key}.npy"
 
     def images(self, table: SampleTable, preprocess: Preprocess, *, num_workers: int = 0) -> tuple[np.ndarray, bool]:
         """The split's decoded pixels, (N, crop, crop, 3) uint8 (read-only, memory-mapped), and whether they

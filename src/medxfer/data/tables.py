@@ -8,11 +8,13 @@ the same small interface, so real-data loading code and the synthetic benchmark 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from medxfer.digests import FileDigests
 from medxfer.errors import MedxferError
 
 
@@ -102,23 +104,6 @@ class SampleTable:
             h.update(f"\n{sample_id}\t{label}".encode())
         return h.hexdigest()
 
-    def content_digest(self) -> str:
-        """SHA-256 of what the images are: each file's resolved path, size and modification time (or the pixel
-        array's bytes). Two datasets with the same file names and labels but other images (a copy edited in
-        place, another folder) differ here, so their cached features are never mixed up; reading the files'
-        metadata costs a stat per image, not a read."""
-        h = hashlib.sha256(self.digest().encode())
-        if self.images is not None:
-            h.update(np.ascontiguousarray(self.images).tobytes())
-            return h.hexdigest()
-        for path in self.paths:
-            try:
-                st = Path(path).stat()
-            except OSError as err:
-                raise DataError(f"{self.name}: cannot read image file {path}: {err.strerror}") from None
-            h.update(f"\n{Path(path).resolve()}\t{st.st_size}\t{st.st_mtime_ns}".encode())
-        return h.hexdigest()
-
     def missing_files(self) -> list[int]:
         """Rows whose image file does not exist (none for in-memory images)."""
         if self.paths is None:
@@ -163,11 +148,6 @@ class DatasetSplits:
                 raise DataError(f"dataset {self.name!r} has no out-of-distribution set (dataset.ood is null)")
             raise DataError(f"unknown split {name!r}; expected one of train, val, test, ood")
         return table
-
-    def digest(self) -> str:
-        """SHA-256 over the digests of every split (file list and labels)."""
-        parts = [t.digest() for t in (self.train, self.val, self.test, self.ood) if t is not None]
-        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def encode_labels(
@@ -226,3 +206,21 @@ def resolve_under(root: Path, value: str, *, allow_absolute: bool, where: str) -
 
 def as_paths(values: list[Path]) -> tuple[Path, ...]:
     return tuple(Path(v) for v in values)
+
+
+def table_digest(table: SampleTable, digests: FileDigests) -> str:
+    """SHA-256 of what a split holds: its class names, and each sample's label and image bytes (or the pixel
+    array), in order; the one content digest of a table (cell identity, decoded-image cache, the ``data_digest``
+    tag). Independent of where the files are; a missing file is an error naming the split and the file."""
+    h = hashlib.sha256(json.dumps(list(table.class_names)).encode())
+    h.update(np.ascontiguousarray(table.labels, dtype=np.int64).tobytes())
+    if table.images is not None:
+        h.update(str(table.images.shape).encode())
+        h.update(np.ascontiguousarray(table.images).tobytes())
+        return h.hexdigest()
+    try:
+        files = digests.many(table.paths)
+    except OSError as err:
+        raise DataError(f"{table.name}: cannot read image file {err.filename}: {err.strerror}") from None
+    h.update("\n".join(files).encode())
+    return h.hexdigest()

@@ -22,7 +22,6 @@ file that fails its digest is fetched or converted again, so a second fetch down
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -37,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from medxfer.digests import file_sha256, path_sha256
+from medxfer.digests import file_sha256, hash_parts, path_sha256
 from medxfer.models.zoo import ModelError, ModelSpec
 
 __all__ = ["FORMATS", "FetchError", "Fetched", "fetch_source", "path_sha256", "zoo_dir"]
@@ -264,7 +263,7 @@ def fetch_source(spec: ModelSpec, cache_dir: str | Path | None = None, *, downlo
     src = check_source(spec)
     root = zoo_dir(cache_dir)
     record = _conversion_record(spec, src)
-    key = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+    key = hash_parts(record)
     weights = root / "converted" / f"{spec.name}-{key}.safetensors"
     meta = weights.with_suffix(".json")
     downloaded = False

@@ -13,7 +13,6 @@ When none is available :func:`resolve_weights` raises :class:`WeightsNotFound` n
 from __future__ import annotations
 
 import difflib
-import hashlib
 import importlib.util
 import logging
 import os
@@ -307,16 +306,6 @@ def warn_if_leaking(spec: ModelSpec, dataset: str) -> None:
     if dataset in spec.leaks_into:
         log.warning("model %s was trained on data that overlaps dataset %s (model.leaks_into): its scores and "
                     "accuracy there are not a transfer result; the analysis marks this cell", spec.name, dataset)
-
-
-def state_dict_digest(model: nn.Module) -> str:
-    """SHA-256 over the model's parameter and buffer bytes (names and shapes included)."""
-    h = hashlib.sha256()
-    for k, v in model.state_dict().items():
-        h.update(k.encode())
-        h.update(str(tuple(v.shape)).encode())
-        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def model_data_config(model: nn.Module, spec: ModelSpec | None = None) -> dict[str, Any]:

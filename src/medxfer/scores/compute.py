@@ -8,7 +8,7 @@ from typing import Any, Iterable, Mapping
 
 from medxfer.scores.errors import ScoreError
 from medxfer.scores.inputs import ScoreInputs
-from medxfer.scores.registry import REGISTRY, ScoreResult, available_scores, score_options
+from medxfer.scores.registry import REGISTRY, CheckedOptions, ScoreResult, available_scores, score_options
 
 __all__ = ["compute_scores"]
 
@@ -17,6 +17,8 @@ def _checked_options(options: Mapping[str, Mapping[str, Any]] | None) -> dict[st
     """``options`` as ``{score: {option: value}}`` after checking every score and option name."""
     if options is None:
         return {}
+    if isinstance(options, CheckedOptions):  # a command's config, checked where it was read
+        return {name: dict(given) for name, given in options.items()}
     if not isinstance(options, Mapping):
         raise ScoreError(
             f"options must map score names to their options, e.g. {{'parc': {{'max_samples': 1000}}}}; got "

@@ -10,7 +10,7 @@ import inspect
 from typing import Any
 
 from medxfer.errors import ConfigError
-from medxfer.scores.registry import REGISTRY, available_scores
+from medxfer.scores.registry import REGISTRY, CheckedOptions, available_scores
 from medxfer.scores.registry import score_options as accepted_options
 
 __all__ = ["non_default_options", "score_names", "score_options"]
@@ -29,9 +29,10 @@ def score_names(requested: list[str] | None, *, where: str = "score.names") -> l
 
 
 def score_options(given: dict[str, Any] | None, model: dict[str, Any], names: list[str], *,
-                  where: str = "score.options") -> dict[str, dict[str, Any]]:
+                  where: str = "score.options") -> CheckedOptions:
     """Options of the requested scores (``where`` names the config key in errors), checked against each score's
-    signature, plus ``imagenet_top1``'s ``top1`` from the model config's ``imagenet_top1`` unless given."""
+    signature, plus ``imagenet_top1``'s ``top1`` from the model config's ``imagenet_top1`` unless given; checked
+    once here, so the scores do not check them again."""
     given = dict(given or {})
     unknown = sorted(set(given) - set(REGISTRY))
     if unknown:
@@ -47,7 +48,7 @@ def score_options(given: dict[str, Any] | None, model: dict[str, Any], names: li
             opts["top1"] = model.get("imagenet_top1")
         if opts:
             options[name] = opts
-    return options
+    return CheckedOptions(options)
 
 
 def _normalised(value: Any) -> Any:

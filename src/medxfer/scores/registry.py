@@ -89,6 +89,11 @@ def available_scores(*, include_opt_in: bool = False) -> tuple[str, ...]:
     return tuple(name for name, spec in REGISTRY.items() if include_opt_in or spec.default)
 
 
+class CheckedOptions(dict):
+    """Score options already checked against each score's signature (:func:`medxfer.scores.options.score_options`,
+    where a command's config is read): :func:`medxfer.scores.compute_scores` does not check them again."""
+
+
 def score_options(name: str) -> tuple[str, ...] | None:
     """The option names a registered score accepts (its keyword parameters after ``inputs``), in order;
     ``None`` when its function takes ``**kwargs`` (any option)."""

@@ -1,15 +1,17 @@
-"""The analysis stage: query the study's runs, correlate scores with accuracy, log tables and figures."""
+"""The analysis stage: read the study manifest's runs, correlate scores with accuracy, log tables and figures.
+
+The stage receives the manifest (:func:`medxfer.workflows.grid.study_manifest`, or ``None`` with ``legacy=true``);
+reading runs and artifacts back goes through :mod:`medxfer.results`."""
 
 from __future__ import annotations
 
 import dataclasses
 import re
-import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
@@ -19,11 +21,12 @@ from medxfer.analysis.baselines import BASELINES, add_baselines
 from medxfer.analysis.correlation import correlate
 from medxfer.analysis.ensembles import EnsembleWarning, add_ensembles, parse_ensembles
 from medxfer.analysis.figures import correlation_figures, save_figures
-from medxfer.analysis.ground_truth import ground_truth_reliability, n_params
+from medxfer.analysis.ground_truth import Reliability, ground_truth_reliability, n_params
 from medxfer.analysis.report import describe_study
-from medxfer.analysis.runs import has_finished_runs, study_tables
 from medxfer.cells import analysis_cell_id
 from medxfer.errors import MedxferError
+from medxfer.manifest import Manifest
+from medxfer.results import has_finished_runs, predictions_of, read_analysis, study_tables
 from medxfer.tracking import cell_run, ensure_experiment, setup_tracking
 from medxfer.tracking.secrets import redact_text
 
@@ -120,30 +123,37 @@ def _earlier_analysis(experiment_id: str, cell: str, figures_dir: Path) -> Analy
     """The FINISHED analysis run of this very analysis (``cell``), with its figures and tables copied back into
     ``figures_dir`` (another analysis may have drawn there since); None when there is none."""
     run = tracking.finished_runs_of(experiment_id, [cell]).get(cell)
-    if run is None:
+    read = None if run is None else read_analysis(run.info.run_id, figures_dir)
+    if read is None:
         return None
-    run_id = run.info.run_id
-    figures_dir.mkdir(parents=True, exist_ok=True)
-    frames: dict[str, pd.DataFrame] = {}
-    figures = []
+    return AnalysisResult(read.run_id, read.iid, read.ood, read.figures, weights=read.weights)
+
+
+def _log_reliability(out: Reliability) -> None:
+    """Log what :func:`ground_truth_reliability` found into the active analysis run, and print it."""
+    tracking.log_metrics(out.metrics)
+    for note in out.notes:
+        print(f"[analyze] {note}", flush=True)
+    if not out.tables:
+        tracking.set_tags({"reliability": "no per-sample data"})
+        tracking.log_text("no per-sample data: the ground truth's reliability (ceiling, retest tau, "
+                          "accuracy and tau intervals) is not computed\n" + "".join(n + "\n" for n in out.notes),
+                          "reliability.txt")
+        return
+    if out.notes:
+        tracking.log_text("".join(n + "\n" for n in out.notes), "reliability.txt")
     with tempfile.TemporaryDirectory() as tmp:
-        for folder in ("figures", "tables"):
-            for local in sorted(Path(tracking.download_artifact(run_id, folder, tmp)).iterdir()):
-                if folder == "tables":
-                    frames[local.stem] = pd.read_csv(local, float_precision="round_trip")
-                    if local.name.startswith("table_"):  # the joined input tables live in the run only
-                        continue
-                shutil.copyfile(local, figures_dir / local.name)
-                if folder == "figures":
-                    figures.append(figures_dir / local.name)
-    if "correlations_iid" not in frames:
-        return None
-    return AnalysisResult(run_id, frames["correlations_iid"], frames.get("correlations_ood", pd.DataFrame()), figures,
-                          weights=frames.get("ensemble_weights", pd.DataFrame()))
+        for name, frame in out.tables.items():
+            frame.to_csv(Path(tmp) / f"{name}.csv", index=False)
+        tracking.log_artifacts(tmp, "tables")
+    print(f"[analyze] ground truth reliability:\n{out.reliability.round(3).to_string(index=False)}", flush=True)
 
 
-def run_analyze(cfg: DictConfig, overrides: list[str] | None = None) -> AnalysisResult:
-    """Correlate the study's scores with fine-tuned balanced accuracy, in distribution and out of it."""
+def run_analyze(cfg: DictConfig, manifest: Manifest | Callable[[], Manifest] | None,
+                overrides: list[str] | None = None) -> AnalysisResult:
+    """Correlate the scores of the study's ``manifest`` with fine-tuned balanced accuracy, in distribution and out
+    of it. ``manifest`` may be a function that builds it (called only once the study has runs: building one reads
+    every dataset); with ``legacy=true`` it is not used."""
     c = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     setup_tracking(c["tracking"]["uri"])
     study = c["study"]
@@ -152,7 +162,15 @@ def run_analyze(cfg: DictConfig, overrides: list[str] | None = None) -> Analysis
             f"study {study!r} has no FINISHED score or fine-tune run in the tracking store "
             f"{redact_text(c['tracking']['uri'])} (experiments {study}/score, {study}/finetune)",
             hint=f"run it first (medxfer-study study={study} ...), or check study= and tracking.uri for a typo")
-    tables = study_tables(c)
+    if c.get("legacy"):
+        manifest = None
+    elif manifest is None:
+        raise ValueError("run_analyze needs the study's manifest (medxfer.workflows.grid.study_manifest) unless "
+                         "legacy=true")
+    elif callable(manifest):
+        manifest = manifest()
+    tables = study_tables(study, manifest, select_metric=c["select"]["metric"], select_mode=c["select"]["mode"],
+                          models=c["models"], datasets=c["datasets"])
     if tables.missing and not c["allow_incomplete"]:
         raise IncompleteStudy(
             f"study {study!r} is incomplete; missing {len(tables.missing)} run(s):\n  " + "\n  ".join(tables.missing)
@@ -209,8 +227,11 @@ def run_analyze(cfg: DictConfig, overrides: list[str] | None = None) -> Analysis
     with cell_run(experiment_id, run_name=f"{study}-analysis", tags=tags, config=c, overrides=overrides) as run:
         figures = []
         _log_correlations(iid, "")
-        reliability = ground_truth_reliability(study, tables.selected, iid_table, boot, figures_dir,
-                                                _score_order(iid_table, names + list(BASELINES)))
+        with tempfile.TemporaryDirectory(prefix="medxfer-predictions-") as downloads:
+            reliability = ground_truth_reliability(study, tables.selected, iid_table, boot, figures_dir,
+                                                    _score_order(iid_table, names + list(BASELINES)),
+                                                    lambda run_id: predictions_of(run_id, downloads))
+        _log_reliability(reliability)
         figures += reliability.figures
         figs = correlation_figures(iid_table, iid, title=f"{study}: ImageNet-feature scores vs test balanced accuracy",
                                    target_label="test bal. acc.", scores=_score_order(iid_table, names + list(BASELINES)),

@@ -1,7 +1,9 @@
 """The fine-tune stage: one Halton trial of one (model, dataset) pair, one MLflow run.
 
-Order of work, so that a bad setup fails before anything expensive: trial and search space checked → tracking
-store reachable → weights resolved, data read, split and checked → the cell (config, data contents, weights) →
+Order of work, so that a bad setup fails before anything expensive: trial, search space, OOD scores and settings
+checked (:func:`medxfer.plans.finetune_settings`) → tracking store reachable → the plan
+(:func:`medxfer.plans.finetune_plan`: weights resolved, data read and split, the cell from the config, data
+contents and weights) → data checked →
 a FINISHED run of it skips everything → model built → fit (resuming from ``last.ckpt`` when an earlier attempt of
 this cell was interrupted) →
 the checkpoint with the lowest validation loss is evaluated on val, test and, where the dataset has one, the
@@ -28,36 +30,28 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from medxfer.errors import MedxferError
-from medxfer.data.datasets import load_dataset
 from medxfer.data.loading import resolve_num_workers
 from medxfer.data.tables import DatasetSplits
-from medxfer.data.transforms import Preprocess, resolve_preprocess
+from medxfer.data.transforms import Preprocess
 from medxfer.models.extract import Features, extract_features, quiet_lightning
 from medxfer.digests import file_sha256
 from medxfer.progress import cell_position, show_progress
-from medxfer.scores.registry import split_applicable
-from medxfer.models.zoo import (
-    ModelSpec, create_model, model_data_config, model_tags, resolve_weights, state_dict_digest, warn_if_leaking,
-)
+from medxfer.models.zoo import model_tags
+from medxfer.plans import Sources, finetune_plan, finetune_settings, model_and_preprocess
 from medxfer.scores.isolated import compute_isolated, single_thread
 from medxfer import tracking
 from medxfer.analysis.selection import SELECTION_METRIC, selected_run
-from medxfer.cells import FINETUNE_RESULT_KEYS, digest_store, finetune_cell, splits_digest, table_digest, weights_identity
-from medxfer.scores.options import score_names, score_options
+from medxfer.cells import digest_store, table_digest
 from medxfer.training.callbacks import MlflowEpochMetrics
 from medxfer.training.checkpoints import (
     BEST, KEEP_CHOICES, LAST, AtomicCheckpointIO, TrialCheckpoints, prune_checkpoints, read_checkpoint,
 )
 from medxfer.training.data import check_trainable, make_loader
-from medxfer.training.halton import halton_trial
 from medxfer.training.metrics import BalancedAccuracy
 from medxfer.training.module import MEMORY_FORMATS, VAL_METRICS, FineTuner
 from medxfer.training.predictions import ARTIFACT_DIR, Predictions
 
 log = logging.getLogger(__name__)
-
-#: ``finetune.*`` keys that change what a trial computes (the cell's): see medxfer.cells.
-RESULT_KEYS = FINETUNE_RESULT_KEYS
 
 
 class FinetuneConfigError(MedxferError, ValueError):
@@ -99,40 +93,29 @@ def check_finetune_config(ft: dict[str, Any]) -> None:
         raise FinetuneConfigError("finetune.checkpoint_dir is not set; it is where a trial's checkpoints go")
 
 
-def ood_score_names(c: dict[str, Any]) -> list[str]:
-    """The scores to compute on the OOD set: none when the dataset has no OOD set or ``ood_scores`` is empty."""
-    requested = c.get("ood_scores")
-    if not c["dataset"].get("ood") or requested == []:
-        return []
-    return score_names(requested, where="ood_scores")
-
-
 def run_finetune(
     cfg: DictConfig, overrides: list[str] | None = None, *, callbacks: Sequence[L.Callback] = (),
+    sources: Sources | None = None,
 ) -> FinetuneResult:
     """Fine-tune one Halton trial (``cfg.trial``) of one (model, dataset) pair and log it as one MLflow run.
 
-    ``callbacks`` are extra Lightning callbacks for the Trainer (tests use one to interrupt a fit).
+    ``callbacks`` are extra Lightning callbacks for the Trainer (tests use one to interrupt a fit); ``sources``:
+    datasets and weights already read by this process (a study's trials share them).
     """
     c = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     ft = c["finetune"]
     trial = c["trial"]
-    lr, wd = halton_trial(trial, ft["lr_bounds"], ft["wd_bounds"])
+    settings = finetune_settings(c)
     check_finetune_config(ft)
-    names = ood_score_names(c)
-    ood_options = score_options(None, c["model"], names)  # imagenet_top1 from the model config
-    # the fine-tuned model always has a head; imagenet_top1 needs the model's published top-1
-    names, _ = split_applicable(names, has_source_head=True, options=ood_options)
     tracking.setup_tracking(c["tracking"]["uri"])
     experiment_id = tracking.ensure_experiment(c["tracking"]["experiment"], c["tracking"].get("artifact_root"))
     tracking.reap_dead_runs(experiment_id)
-    dataset_name = c["dataset"]["name"]
-    spec = ModelSpec.from_config(c["model"])
-    weights = resolve_weights(spec, cache_dir=c["paths"]["cache_dir"], allow_noncommercial=bool((c.get("zoo") or {}).get("allow_noncommercial")))
-    data = load_dataset(c["dataset"])
+    plan = finetune_plan(c, sources or Sources(c["paths"]["cache_dir"]), settings)
+    spec, data, cell, lr, wd = plan.spec, plan.data, plan.cell, plan.lr, plan.wd
+    names, ood_options = plan.ood_names, plan.ood_options
     check_trainable(data)
     digests = digest_store(c["paths"]["cache_dir"])
-    cell = finetune_cell(c, splits_digest(data, digests), weights_identity(spec, weights, digests))
+    dataset_name = c["dataset"]["name"]
     seed = f", seed {ft['seed']}" if ft["seed"] else ""
     label = f"[finetune{cell_position()}] {cell.run_name} (lr={lr:.3g}, wd={wd:.3g}{seed})"
     done = None if c["force"] else tracking.finished_runs_of(experiment_id, [cell.id]).get(cell.id)
@@ -140,10 +123,7 @@ def run_finetune(
         print(f"{label}: done (run {done.info.run_id}), skipping", flush=True)
         return FinetuneResult(trial, lr, wd, done.info.run_id, skipped=True, cell=cell.id)
 
-    model = create_model(spec, weights)
-    warn_if_leaking(spec, dataset_name)
-    weights_digest = state_dict_digest(model)
-    preprocess = resolve_preprocess(model_data_config(model, spec), c["preprocess"])
+    model, preprocess = model_and_preprocess(spec, plan.weights, c["preprocess"], dataset_name)
     checkpoints = TrialCheckpoints(ft["checkpoint_dir"], cell.id)
     resume = None if c["force"] else checkpoints.resumable()
     resume_epoch = None
@@ -153,11 +133,8 @@ def run_finetune(
         except (RuntimeError, KeyError, TypeError) as err:  # e.g. truncated when the machine went down
             log.warning("cannot resume from %s (%s); training trial %s from the start", resume, err, trial)
             resume = None
-    tags = {
-        **cell.tags(), "study": c["study"], "weights_source": weights.kind,
-        "weights_digest": weights_digest, "split_digest": data.digest(), **model_tags(spec, dataset_name),
-        **{str(k): str(v) for k, v in (c.get("tags") or {}).items()},
-    }
+    tags = cell.tags(c["study"], extra={"weights_source": plan.weights.kind, **model_tags(spec, dataset_name)},
+                     user=c.get("tags"))
     if resume is not None:
         tags["resumed_from_epoch"] = str(resume_epoch)
     t_start = time.perf_counter()

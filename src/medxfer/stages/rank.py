@@ -44,8 +44,7 @@ from medxfer.analysis.ensembles import (
     mean_rank,
     mean_zscore,
 )
-from medxfer.analysis.results import analysis_runs
-from medxfer.analysis.runs import has_finished_runs, study_tables
+from medxfer.results import analysis_runs, has_finished_runs, study_tables
 from medxfer.config import config_dir
 from medxfer.scores.isolated import single_thread
 from medxfer import tracking
@@ -99,7 +98,7 @@ def available_models() -> list[str]:
 def model_configs(names: Any) -> dict[str, dict[str, Any]]:
     """Each model's config as ``medxfer-score model=<name>`` composes it, by name; unknown names are an error
     that lists the available ones."""
-    from medxfer.config import compose_config
+    from medxfer.workflows.grid import compose_config
 
     if isinstance(names, str):
         names = [names]
@@ -194,7 +193,7 @@ def study_tau(study: str, score: str, *, ensemble_scores: list[str] | None = Non
               seed: int = 0, iid: pd.DataFrame | None = None, manifest_id: str | None = None) -> StudyTau:
     """The tau ``score`` reached in ``study``: from the latest FINISHED run of ``<study>/analysis`` when it has
     that score (for an ensemble: the same kind over the same scores), else computed with :func:`correlate` from
-    the study's score and fine-tune runs (``iid``: the study's table, :func:`medxfer.analysis.runs.study_tables`;
+    the study's score and fine-tune runs (``iid``: the study's table, :func:`medxfer.results.study_tables`;
     ``manifest_id``: its manifest's, which the analysis run must carry);
     ``missing = "no tracked study"`` when there are none."""
     kind = ENSEMBLES.get(score)
@@ -288,7 +287,7 @@ def _tau_from_runs(iid: pd.DataFrame, study: str, score: str, kind: str | None, 
 
 def linear_weights(study: str, iid: pd.DataFrame, scores: list[str], *, alpha: float) -> pd.Series:
     """``ens_linear``'s weights: :func:`fit_linear_pooling` on the study's scores and selected fine-tuned
-    accuracies (``iid``, the study's table from :func:`medxfer.analysis.runs.study_tables`); a study without tracked data is an error
+    accuracies (``iid``, the study's table from :func:`medxfer.results.study_tables`); a study without tracked data is an error
     that says what to do."""
     if iid is None or not len(iid):
         raise RankError(
@@ -455,15 +454,16 @@ def _study_iid(c: dict[str, Any], table: Any) -> tuple[pd.DataFrame | None, list
     with other preprocessing or score options than this ranking), else None."""
     from medxfer.cells import digest_store, table_digest
 
-    from medxfer.config import compose_config
-    from medxfer.manifest import common_overrides
+    from medxfer.workflows.grid import common_overrides, compose_config, study_manifest
 
     try:  # the study's grid as medxfer-analyze composes it (rank.study_overrides: e.g. [experiment=paper])
         if not has_finished_runs(c["study"]):
             return None, [], None, None
         study = OmegaConf.to_container(
             compose_config("analyze", [*common_overrides(c), *(c["rank"].get("study_overrides") or [])]), resolve=True)
-        tables = study_tables(study)
+        tables = study_tables(study["study"], None if study.get("legacy") else study_manifest(study),
+                              select_metric=study["select"]["metric"], select_mode=study["select"]["mode"],
+                              models=study["models"], datasets=study["datasets"])
         other = _other_settings(c, study) if len(tables.iid) else None
         if other:  # the study has runs, but of other settings than this ranking's
             return None, [], other, None
@@ -481,8 +481,7 @@ def _study_iid(c: dict[str, Any], table: Any) -> tuple[pd.DataFrame | None, list
 def _other_settings(c: dict[str, Any], study: dict[str, Any]) -> str | None:
     """Why the study's taus are not this ranking's: the study's score cells used other preprocessing or non-default
     score options (compared on the study's first cell, as composed for it); None when they agree."""
-    from medxfer.config import compose_config
-    from medxfer.manifest import score_overrides
+    from medxfer.workflows.grid import compose_config, score_overrides
     from medxfer.scores.options import non_default_options, score_names
     from medxfer.scores.options import score_options as checked
 
@@ -509,17 +508,19 @@ def _split_features(spec, weights, table, dataset_name: str, c: dict[str, Any], 
     """Features of the training split through the score stage's feature cache (same key, so a cell
     ``medxfer-score`` scored is reused). Returns ``(features, cached)``."""
     from medxfer.data.transforms import resolve_preprocess
-    from medxfer.models.zoo import create_model, model_data_config, state_dict_digest
-    from medxfer.cells import digest_store, table_digest
+    from medxfer.models.zoo import create_model, model_data_config
+    from medxfer.cells import digest_store, table_digest, weights_identity
     from medxfer.data.decoded import decoded_cache_for
     from medxfer.models.features import split_features
 
     model = create_model(spec, weights)
     preprocess = resolve_preprocess(model_data_config(model, spec), c["preprocess"])
     print(f"{progress}: features of {len(table)} images ({preprocess.input_size} px), cached or extracted", flush=True)
-    data_digest = table_digest(table, digest_store(c["paths"]["cache_dir"]))
-    return split_features(model, spec, state_dict_digest(model), table, data_digest, dataset_name, SPLIT, preprocess,
-                          cache, c["extract"], decoded=decoded_cache_for(c["extract"], c["paths"]["cache_dir"]))
+    digests = digest_store(c["paths"]["cache_dir"])
+    data_digest = table_digest(table, digests)
+    return split_features(model, spec, weights_identity(spec, weights, digests), table, data_digest, dataset_name,
+                          SPLIT, preprocess, cache, c["extract"],
+                          decoded=decoded_cache_for(c["extract"], c["paths"]["cache_dir"]))
 
 
 def _compute(feats, labels, names: list[str], device: str | None, options: dict, model: str) -> dict[str, float]:

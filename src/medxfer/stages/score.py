@@ -1,8 +1,9 @@
 """The score stage: transferability scores of one (model, dataset) cell, one MLflow run per split.
 
-Order of work, so that a bad setup fails before anything expensive: options checked → tracking store reachable →
-weights resolved (fetched on first use) → data read and split → cells (identities from the config, the splits'
-contents and the weights) → finished cells skipped → model built → features (cache or forward pass) → scores.
+Order of work, so that a bad setup fails before anything expensive: splits and score options checked
+(:func:`medxfer.plans.score_settings`) → tracking store reachable → the plan (:func:`medxfer.plans.score_plan`:
+weights resolved and fetched on first use, data read and split, the cells) → finished cells skipped → model built →
+features (cache or forward pass) → scores.
 """
 
 from __future__ import annotations
@@ -16,19 +17,15 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from medxfer import tracking
-from medxfer.cells import digest_store, score_cell, split_name, weights_identity
-from medxfer.data.datasets import check_scoreable, load_dataset
+from medxfer.data.datasets import check_scoreable
 from medxfer.data.decoded import decoded_cache_for
 from medxfer.data.tables import SampleTable
-from medxfer.data.transforms import resolve_preprocess
 from medxfer.models.extract import FeatureCache, Features
 from medxfer.models.features import split_features
+from medxfer.models.zoo import ModelSpec, model_tags
+from medxfer.plans import ScorePlan, Sources, model_and_preprocess, score_plan, score_settings
 from medxfer.progress import cell_position
-from medxfer.models.zoo import (
-    ModelSpec, create_model, model_data_config, model_tags, resolve_weights, state_dict_digest, warn_if_leaking,
-)
 from medxfer.scores.isolated import compute_isolated, single_thread
-from medxfer.scores.options import score_names, score_options
 from medxfer.scores.registry import split_applicable
 
 log = logging.getLogger(__name__)
@@ -46,33 +43,29 @@ class CellResult:
     cell: str | None = None
 
 
-def run_score(cfg: DictConfig, overrides: list[str] | None = None, *, use_cache: bool = True) -> list[CellResult]:
+def run_score(cfg: DictConfig, overrides: list[str] | None = None, *, use_cache: bool = True,
+              sources: Sources | None = None) -> list[CellResult]:
     """Score one (model, dataset) cell on each split in ``cfg.splits``; returns one result per split.
 
-    ``use_cache=False`` runs the forward pass even when the feature cache holds the split (a reproduction)."""
+    ``use_cache=False`` runs the forward pass even when the feature cache holds the split (a reproduction).
+    ``sources``: datasets and weights already read by this process (a study's cells share them)."""
     c = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    try:
-        splits = list(dict.fromkeys(split_name(s) for s in c["splits"]))
-    except ValueError as err:
-        raise ValueError(f"splits={c['splits']}: {err}") from None
-    names = score_names(c["score"]["names"])
-    options = score_options(c["score"].get("options"), c["model"], names)
+    settings = score_settings(c)
     tracking.setup_tracking(c["tracking"]["uri"])
     experiment_id = tracking.ensure_experiment(c["tracking"]["experiment"], c["tracking"].get("artifact_root"))
     tracking.reap_dead_runs(experiment_id)
+    plan = score_plan(c, sources or Sources(c["paths"]["cache_dir"]), settings)
+    return run_score_plan(plan, experiment_id, overrides, use_cache=use_cache)
+
+
+def run_score_plan(plan: ScorePlan, experiment_id: str, overrides: list[str] | None = None, *,
+                   use_cache: bool = True) -> list[CellResult]:
+    """Run a score plan in the experiment ``experiment_id``: its finished cells are skipped, the others scored."""
+    c, spec, cells, tables, names, options = plan.config, plan.spec, plan.cells, plan.tables, plan.names, plan.options
     model_name, dataset_name = c["model"]["name"], c["dataset"]["name"]
     label = f"[score{cell_position()}] {model_name}@{dataset_name}"  # "[score 3/42]" inside the study
-
-    spec = ModelSpec.from_config(c["model"])
-    weights = resolve_weights(spec, cache_dir=c["paths"]["cache_dir"], allow_noncommercial=bool((c.get("zoo") or {}).get("allow_noncommercial")))
-    data = load_dataset(c["dataset"])
-    if "ood" in splits and data.ood is None:
-        print(f"{label}: the dataset has no out-of-distribution set; skipping split ood", flush=True)
-        splits.remove("ood")
-    tables = {split: data.train if split == "train" else data.ood for split in splits}
-    digests = digest_store(c["paths"]["cache_dir"])
-    weights_id = weights_identity(spec, weights, digests)
-    cells = {split: score_cell(c, split, table, names, options, weights_id, digests) for split, table in tables.items()}
+    for split in plan.absent:
+        print(f"{label}: the dataset has no out-of-distribution set; skipping split {split}", flush=True)
     done = {} if c["force"] else tracking.finished_runs_of(experiment_id, [cell.id for cell in cells.values()])
     results = [CellResult(split, done[cell.id].info.run_id, None, skipped=True, cell=cell.id)
                for split, cell in cells.items() if cell.id in done]
@@ -82,30 +75,24 @@ def run_score(cfg: DictConfig, overrides: list[str] | None = None, *, use_cache:
     if not todo:
         return results
 
-    model = create_model(spec, weights)
-    warn_if_leaking(spec, dataset_name)
     applicable, not_applicable = split_applicable(names, has_source_head=spec.head_size > 0, options=options)
     if not applicable:  # only inapplicable scores were asked for: computing them fails in the run, saying why
         applicable, not_applicable = names, []
     for split in todo:
         check_scoreable(tables[split])
-    weights_digest = state_dict_digest(model)
-    preprocess = resolve_preprocess(model_data_config(model, spec), c["preprocess"])
+    model, preprocess = model_and_preprocess(spec, plan.weights, c["preprocess"], dataset_name)
     cache = FeatureCache(c["paths"]["cache_dir"] + "/features") if use_cache else None
     decoded = decoded_cache_for(c["extract"], c["paths"]["cache_dir"]) if use_cache else None
+    extra = {"weights_source": plan.weights.kind, **model_tags(spec, dataset_name),
+             **({"scores_not_applicable": ",".join(not_applicable)} if not_applicable else {})}
 
     for split in todo:
         cell, table = cells[split], tables[split]
-        tags = {
-            **cell.tags(), "study": c["study"], "weights_source": weights.kind, "weights_digest": weights_digest,
-            "split_digest": table.digest(), **model_tags(spec, dataset_name),
-            **({"scores_not_applicable": ",".join(not_applicable)} if not_applicable else {}),
-            **{str(k): str(v) for k, v in (c.get("tags") or {}).items()},
-        }
+        tags = cell.tags(c["study"], extra=extra, user=c.get("tags"))
         t_cell = time.perf_counter()
         try:
-            values, cached, run_id = _score_split(experiment_id, cell, tags, c, overrides, model, spec, weights_digest,
-                                                  table, data, preprocess, cache, applicable, options, label, decoded)
+            values, cached, run_id = _score_split(experiment_id, cell, tags, c, overrides, model, spec, table,
+                                                  plan.data, preprocess, cache, applicable, options, label, decoded)
         except tracking.CellClaimed as err:  # another process has this split
             print(f"{label}/{split}: {err}", flush=True)
             results.append(CellResult(split, None, None, skipped=True, cell=cell.id))
@@ -117,7 +104,7 @@ def run_score(cfg: DictConfig, overrides: list[str] | None = None, *, use_cache:
 
 
 def _score_split(experiment_id: str, cell: Any, tags: dict[str, str], c: dict[str, Any], overrides: list[str] | None,
-                 model: Any, spec: ModelSpec, weights_digest: str, table: SampleTable, data: Any, preprocess: Any,
+                 model: Any, spec: ModelSpec, table: SampleTable, data: Any, preprocess: Any,
                  cache: FeatureCache | None, names: list[str], options: dict[str, dict[str, Any]],
                  label: str, decoded: Any = None) -> tuple[dict[str, float], bool, str]:
     """One split's run: claimed, features, scores. Returns ``(values, features_came_from_the_cache, run_id)``."""
@@ -130,7 +117,7 @@ def _score_split(experiment_id: str, cell: Any, tags: dict[str, str], c: dict[st
         tracking.log_input(table.name, cell.data_digest, str(root or table.name), len(table), table.class_counts(),
                            "training" if cell.split == "train" else "ood")
         t0 = time.perf_counter()
-        feats, cached = split_features(model, spec, weights_digest, table, cell.data_digest, c["dataset"]["name"],
+        feats, cached = split_features(model, spec, cell.weights_id, table, cell.data_digest, c["dataset"]["name"],
                                        cell.split, preprocess, cache, c["extract"], decoded=decoded)
         tracking.log_metrics({"time/extract_s": time.perf_counter() - t0})
         tracking.log_params({"n_samples": len(table), "feat_dim": feats.features.shape[1],

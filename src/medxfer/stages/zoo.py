@@ -6,7 +6,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from omegaconf import OmegaConf
 
@@ -32,13 +32,6 @@ def model_config(name: str) -> dict[str, Any]:
         raise ModelError(f"no model config {name!r}" + (f"; did you mean {close}?" if close else "")
                          + f" Known models: {', '.join(model_names())}")
     return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-
-
-def study_models() -> list[str]:
-    """The models of the default study (``conf/study.yaml`` with its grid, ``conf/grid/default.yaml``)."""
-    from medxfer.config import compose_config
-
-    return list(compose_config("study", []).models)
 
 
 def _where(spec: ModelSpec) -> str:
@@ -79,15 +72,15 @@ def list_models(fmt: str = "text") -> str:
     return "\n".join(lines)
 
 
-def fetch_models(names: list[str] | None, cache_dir: str, *, allow_noncommercial: bool = False) -> list[dict[str, Any]]:
-    """Fetch and convert the weights of ``names`` (default: the default study's); returns one line per model.
+def fetch_models(names: list[str], cache_dir: str, *, allow_noncommercial: bool = False) -> list[dict[str, Any]]:
+    """Fetch and convert the weights of ``names``; returns one line per model.
 
     Models whose weights ship with medxfer's own dependencies or come from the hub have nothing to fetch.
     """
     from medxfer.models.fetch import fetch_source
     from medxfer.models.zoo import check_licence, resolve_weights
 
-    names = list(names) if names else study_models()
+    names = list(names)
     specs = {n: ModelSpec.from_config(model_config(n)) for n in names}  # unknown names fail before any download
     for spec in specs.values():
         check_licence(spec, allow_noncommercial)
@@ -167,8 +160,9 @@ def predict(model_cfg: dict[str, Any], image: str, cache_dir: str, *, top: int =
                         for v, i in zip(values, indices)], "model": name, "head": spec.head}
 
 
-def run_zoo(command: str, cfg: Any) -> str:
-    """Run one ``medxfer-zoo`` command on the composed ``model_zoo`` config; returns what to print."""
+def run_zoo(command: str, cfg: Any, default_models: Callable[[], list[str]] | None = None) -> str:
+    """Run one ``medxfer-zoo`` command on the composed ``model_zoo`` config; returns what to print.
+    ``fetch`` without ``models=`` fetches ``default_models()`` (the default study's)."""
     c = OmegaConf.to_container(cfg, resolve=True)
     fmt = c["format"]
     if fmt not in ("text", "json"):
@@ -177,7 +171,10 @@ def run_zoo(command: str, cfg: Any) -> str:
     if command == "list":
         return list_models(fmt)
     if command == "fetch":
-        rows = fetch_models(c["models"], c["paths"]["cache_dir"], allow_noncommercial=allow)
+        names = c["models"] or (default_models() if default_models is not None else [])
+        if not names:
+            raise ValueError("medxfer-zoo fetch needs models=[...]")
+        rows = fetch_models(names, c["paths"]["cache_dir"], allow_noncommercial=allow)
         return json.dumps(rows, indent=1) if fmt == "json" else f"[zoo] {len(rows)} model(s) ready"
     if command == "predict":
         for key in ("model", "image"):

@@ -16,8 +16,10 @@ from medxfer import tracking
 from medxfer.errors import ConfigError
 from medxfer.tracking import environment_tags, setup_tracking
 
-# tags whose change makes a reproduction suspect: code, libraries, weights and data
-PROVENANCE_TAGS = ("git.commit", "git.dirty", "weights_digest", "split_digest")
+# tags whose change makes a reproduction suspect: code, libraries, weights and data (the cell's identities of both)
+PROVENANCE_TAGS = ("git.commit", "git.dirty", "weights_id", "data_digest")
+# what runs tracked before the plans carried instead (loaded tensors, ids and labels): compared when both have them
+LEGACY_PROVENANCE_TAGS = ("weights_digest", "split_digest")
 
 
 @dataclass
@@ -71,7 +73,8 @@ def compare_runs(original: str, new: str, tolerance: float) -> Comparison:
         d = None if x is None or y is None else (0.0 if x == y else abs(x - y) if math.isfinite(x - y) else math.inf)
         rows.append((name, x, y, d))
     warnings = []
-    for tag in PROVENANCE_TAGS + tuple(k for k in a.data.tags if k.startswith("version.")):
+    legacy = tuple(k for k in LEGACY_PROVENANCE_TAGS if k in a.data.tags and k in b.data.tags)
+    for tag in PROVENANCE_TAGS + legacy + tuple(k for k in a.data.tags if k.startswith("version.")):
         if a.data.tags.get(tag) != b.data.tags.get(tag):
             warnings.append(f"{tag} differs: original {a.data.tags.get(tag)!r}, now {b.data.tags.get(tag)!r}")
     return Comparison(original, new, rows, warnings, tolerance)

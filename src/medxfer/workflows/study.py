@@ -1,8 +1,8 @@
 """The study: every stage over every (model, dataset) cell, in one process, resumable.
 
-Each stage's config is composed exactly as its own command would compose it, with the study's ``study``,
-``paths``, ``tracking`` and ``force`` passed down, so any cell can be rerun alone with ``medxfer-score`` or
-``medxfer-finetune`` and the same overrides.
+Each stage's config is composed exactly as its own command would compose it (:mod:`medxfer.workflows.grid`), with
+the study's ``study``, ``paths``, ``tracking`` and ``force`` passed down, so any cell can be rerun alone with
+``medxfer-score`` or ``medxfer-finetune`` and the same overrides. The analysis receives the study's manifest.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from medxfer.progress import StageClock, counting
-from medxfer.config import compose_config, remembered_compositions
-from medxfer.manifest import common_overrides, grid, score_overrides, trial_config
+from medxfer.workflows.grid import StudyGrid
 
 
 @dataclass
@@ -27,24 +26,19 @@ class StudyReport:
     outputs: dict[str, Any] = field(default_factory=dict)
 
 
-#: The keys of a study config that define its grid (the manifest); the analysis it runs reads the same grid.
-GRID_KEYS = ("models", "datasets", "score", "finetune")
-
-
 def run_study(cfg: DictConfig) -> StudyReport:
     """Run the score stage (and the fine-tune and analysis stages when enabled) over the study's grid."""
-    c = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    with remembered_compositions():  # the analysis' manifest composes the stage configs composed here
-        return _run_stages(c)
-
-
-def _run_stages(c: dict[str, Any]) -> StudyReport:
     from medxfer.stages.analyze import run_analyze
     from medxfer.stages.finetune import run_finetune
     from medxfer.stages.score import run_score
 
+    from medxfer.plans import Sources
+
+    c = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    study = StudyGrid(c)  # composes each stage config once, for the stages and again for the manifest
+    sources = Sources(c["paths"]["cache_dir"])  # each dataset read, each model's weights resolved, once
     report = StudyReport()
-    cells, trials = grid(c)
+    cells, trials = study.pairs, study.trials
 
     t0 = time.perf_counter()
     done = ran = 0
@@ -53,7 +47,7 @@ def _run_stages(c: dict[str, Any]) -> StudyReport:
     for i, (m, d) in enumerate(cells, 1):
         started = time.perf_counter()
         with counting(i, len(cells), clock.left_s()):  # the stage's lines say "[score i/n, ~t left]"
-            results = run_score(compose_config("score", score_overrides(c, m, d)))
+            results = run_score(study.score_config(m, d), sources=sources)
         done += sum(r.skipped for r in results)
         ran += sum(not r.skipped for r in results)
         clock.record(time.perf_counter() - started, any(not r.skipped for r in results))
@@ -70,7 +64,7 @@ def _run_stages(c: dict[str, Any]) -> StudyReport:
         for i, (m, d, t, seed) in enumerate(trials, 1):
             started = time.perf_counter()
             with counting(i, len(trials), clock.left_s()):
-                result = run_finetune(trial_config(c, m, d, t, seed))
+                result = run_finetune(study.trial_config(m, d, t, seed), sources=sources)
             skipped = result.skipped
             clock.record(time.perf_counter() - started, not skipped)
             done += skipped
@@ -81,9 +75,15 @@ def _run_stages(c: dict[str, Any]) -> StudyReport:
     if c["analyze"]["enabled"]:
         t0 = time.perf_counter()
         print("[study] stage analyze", flush=True)
-        analyze = compose_config("analyze", [*common_overrides(c), *c["analyze"]["overrides"]])
-        for key in GRID_KEYS:  # the analysis reads the cells this study ran
-            analyze[key] = c[key]
-        report.outputs["analysis"] = run_analyze(analyze)
+        report.outputs["analysis"] = run_analyze(study.analyze_config(), study.manifest)
         report.seconds["analyze"] = time.perf_counter() - t0
     return report
+
+
+def analyze_study(cfg: DictConfig, overrides: list[str] | None = None) -> Any:
+    """``medxfer-analyze``: the analysis stage on the composed analyze config ``cfg``, given the manifest of its
+    grid (built only when the study has runs; not at all with ``legacy=true``)."""
+    from medxfer.stages.analyze import run_analyze
+
+    c = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    return run_analyze(cfg, lambda: StudyGrid(c).manifest(), overrides)

@@ -1,23 +1,34 @@
-"""A study's tracked runs as the long tables that :func:`correlate` takes.
+"""A study's results as the tracker holds them: its runs read for a manifest, and its analysis run's artifacts.
 
-:func:`manifest_tables` reads exactly the cells of a study manifest (:mod:`medxfer.manifest`) from frames of
-FINISHED runs (:func:`medxfer.tracking.finished_frame`): runs of other settings are counted, never read.
-:func:`load_study` is the reading of runs tracked before cell schema 2 (``legacy=true``): the newest run per
-model and dataset, whatever its settings.
+The one place that reads runs and artifacts back for a study (the analysis stage, ``medxfer-rank``'s tau and the
+notebook go through it):
+
+- :func:`study_tables` reads exactly the cells of a study manifest (:mod:`medxfer.manifest`) from the FINISHED
+  runs of ``<study>/score`` and ``<study>/finetune``, as the long tables :func:`medxfer.analysis.correlate` takes:
+  runs of other settings are counted, never read. Without a manifest (``legacy=true``) it reads runs tracked
+  before cell schema 2 the old way: the newest run per model and dataset, whatever its settings.
+- :func:`read_analysis` reads one analysis run's tables and figures, :func:`latest_analysis` the newest analysis
+  of a manifest. The analysis run (``<study>/analysis``) holds the tables every reader should show: the long
+  tables with the ensembles and baselines added (``tables/table_iid.csv``, ``tables/table_ood.csv``) and the
+  correlations computed from them (``tables/correlations_iid.csv``, ``tables/correlations_ood.csv``).
+  Recomputing them elsewhere gives a different table as soon as the analysis options differ.
+- :func:`predictions_of` reads a fine-tune run's per-sample test predictions (the ground truth's reliability).
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
-from typing import TYPE_CHECKING
-
+from medxfer import tracking
 from medxfer.analysis.selection import select_trials
-
-if TYPE_CHECKING:
-    from medxfer.manifest import Manifest
+from medxfer.errors import MedxferError
+from medxfer.manifest import Manifest
+from medxfer.training.predictions import ARTIFACT_DIR, Predictions
 
 SCORE_PREFIX = "metrics.score/"
 OOD_SCORE_PREFIX = "metrics.ood_score/"
@@ -98,7 +109,7 @@ def load_study(
     return _joined(scores, selected, missing)
 
 
-def manifest_tables(manifest: "Manifest", score_runs: pd.DataFrame, finetune_runs: pd.DataFrame, *,
+def manifest_tables(manifest: Manifest, score_runs: pd.DataFrame, finetune_runs: pd.DataFrame, *,
                     select_metric: str = "best/val_bal_acc", select_mode: str = "max") -> StudyTables:
     """The tables of exactly the manifest's cells: each cell's newest FINISHED run (frames of FINISHED runs,
     newest first). Per (model, dataset) the selected trial's seed replicates are averaged (``selected`` keeps
@@ -164,27 +175,22 @@ def _joined(scores: pd.DataFrame, selected: pd.DataFrame, missing: list[str]) ->
 def has_finished_runs(study: str) -> bool:
     """Whether the study's score or fine-tune experiment holds a FINISHED run: without one there is nothing to
     read, and composing its manifest (seconds per cell) is skipped."""
-    from medxfer import tracking
-
     return any(tracking.has_finished_run(f"{study}/{stage}") for stage in ("score", "finetune"))
 
 
-def study_tables(c: dict) -> StudyTables:
-    """The tables of the study config ``c`` (``analyze.yaml``, ``rank.yaml``: ``study``, the grid, ``select``):
-    exactly its manifest's cells, read from the tracking store; with ``legacy=true``, the newest run per model and
-    dataset (runs tracked before cell schema 2)."""
-    from medxfer import tracking
-    from medxfer.manifest import study_manifest
-
-    study = c["study"]
+def study_tables(study: str, manifest: Manifest | None, *, select_metric: str = "best/val_bal_acc",
+                 select_mode: str = "max", models: list[str] | None = None,
+                 datasets: list[str] | None = None) -> StudyTables:
+    """The tables of ``study``: exactly the ``manifest``'s cells, read from the tracking store; with
+    ``manifest=None`` (``legacy=true``), the newest run per model and dataset of ``models`` x ``datasets`` (runs
+    tracked before cell schema 2)."""
     score_runs = tracking.finished_frame(f"{study}/score")
     finetune_runs = tracking.finished_frame(f"{study}/finetune")
-    select = {"select_metric": c["select"]["metric"], "select_mode": c["select"]["mode"]}
-    if c.get("legacy"):
+    select = {"select_metric": select_metric, "select_mode": select_mode}
+    if manifest is None:
         print(f"[analyze] legacy=true: reading the newest FINISHED run per model and dataset of study {study!r}, "
               "whatever its settings (runs tracked before cell schema 2)", flush=True)
-        return load_study(score_runs, finetune_runs, models=c["models"], datasets=c["datasets"], **select)
-    manifest = study_manifest(c)
+        return load_study(score_runs, finetune_runs, models=models, datasets=datasets, **select)
     print(f"[study] {study!r}: manifest of {len(manifest.score)} score and {len(manifest.finetune)} fine-tune cells",
           flush=True)
     tables = manifest_tables(manifest, score_runs, finetune_runs, **select)
@@ -194,3 +200,91 @@ def study_tables(c: dict) -> StudyTables:
         print(f"[study] {tables.extra} FINISHED run(s) in the study's experiments are not cells of its manifest "
               "(other settings or data, or an older schema): not read", flush=True)
     return tables
+
+
+class NoAnalysisRun(MedxferError, LookupError):
+    """The study has no FINISHED analysis run to read."""
+
+
+@dataclass
+class AnalysisTables:
+    """The tables of one analysis run; ``ood`` and ``ood_table`` are empty when the study has no OOD sets."""
+
+    run_id: str
+    iid: pd.DataFrame
+    iid_table: pd.DataFrame
+    ood: pd.DataFrame
+    ood_table: pd.DataFrame
+    weights: pd.DataFrame = field(default_factory=pd.DataFrame)  # linear ensembles' weights per held-out dataset
+    figures: list[Path] = field(default_factory=list)  # copied out by read_analysis(figures_dir=...)
+
+
+def analysis_runs(study: str, manifest_id: str | None) -> pd.DataFrame:
+    """The FINISHED runs of ``<study>/analysis`` made from exactly the manifest ``manifest_id`` (tag
+    ``manifest``), newest first; every analysis run of the study when ``manifest_id`` is None."""
+    return _of_manifest(tracking.finished_frame(f"{study}/analysis"), manifest_id)  # newest first
+
+
+def _of_manifest(runs: pd.DataFrame, manifest_id: str | None) -> pd.DataFrame:
+    if manifest_id is None or not len(runs):
+        return runs
+    if "tags.manifest" not in runs.columns:
+        return runs.iloc[0:0]
+    return runs[runs["tags.manifest"] == manifest_id]
+
+
+def latest_analysis(study: str, manifest_id: str | None = None) -> AnalysisTables:
+    """The tables of the newest FINISHED run of ``<study>/analysis`` (on the current tracking URI); with
+    ``manifest_id``, the newest made from that manifest."""
+    experiment = f"{study}/analysis"
+    others = tracking.finished_frame(experiment)  # newest first; one query, filtered here
+    runs = _of_manifest(others, manifest_id)
+    if not len(runs):
+        if len(others):
+            tags = sorted(set(others.get("tags.manifest", pd.Series(dtype=str)).dropna()))
+            raise NoAnalysisRun(
+                f"study {study!r} has {len(others)} FINISHED analysis run(s) in experiment {experiment!r}, none "
+                f"made from this study config's manifest {manifest_id} (theirs: {', '.join(tags) or 'untagged'}); "
+                f"run medxfer-analyze with the same study, grid and experiment options first")
+        raise NoAnalysisRun(f"study {study!r} has no FINISHED analysis run in experiment {experiment!r} "
+                            f"(tracking URI {tracking.current_uri()}); run medxfer-analyze study={study} "
+                            "(or make study) first")
+    run_id = str(runs.iloc[0]["run_id"])
+    read = read_analysis(run_id)
+    if read is None:
+        raise NoAnalysisRun(f"analysis run {run_id} of study {study!r} has no tables/correlations_iid.csv; "
+                            f"run medxfer-analyze study={study} again")
+    return read
+
+
+def read_analysis(run_id: str, figures_dir: Path | None = None) -> AnalysisTables | None:
+    """The tables an analysis run logged (None when it lacks ``tables/correlations_iid.csv``); with
+    ``figures_dir``, its figures and summary tables are also copied there (the joined input tables
+    ``table_*.csv`` stay in the run only) and listed in ``figures``."""
+    frames: dict[str, pd.DataFrame] = {}
+    figures: list[Path] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for folder in ("tables", "figures") if figures_dir is not None else ("tables",):
+            for local in sorted(Path(tracking.download_artifact(run_id, folder, tmp)).iterdir()):
+                if folder == "tables":
+                    frames[local.stem] = pd.read_csv(local, float_precision="round_trip")
+                if figures_dir is None or (folder == "tables" and local.name.startswith("table_")):
+                    continue
+                figures_dir.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(local, figures_dir / local.name)
+                if folder == "figures":
+                    figures.append(figures_dir / local.name)
+    if "correlations_iid" not in frames:
+        return None
+    empty = pd.DataFrame()
+    return AnalysisTables(run_id, frames["correlations_iid"], frames.get("table_iid", empty),
+                          frames.get("correlations_ood", empty), frames.get("table_ood", empty),
+                          frames.get("ensemble_weights", empty), figures)
+
+
+def predictions_of(run_id: str, tmp: str) -> Predictions | None:
+    """The fine-tune run's ``predictions/test.npz`` (downloaded into ``tmp``), or None when the run predates
+    per-sample predictions."""
+    if f"{ARTIFACT_DIR}/test.npz" not in tracking.list_artifacts(run_id, ARTIFACT_DIR):
+        return None
+    return Predictions.load(tracking.download_artifact(run_id, f"{ARTIFACT_DIR}/test.npz", tmp))
