@@ -1,7 +1,8 @@
 """Figures in the style of the paper's Figure 3: rows are datasets, columns scores, one marker per model (with
 its accuracy interval as an error bar where the study has per-sample predictions), a least-squares line,
 Kendall's tau in each panel, the legend naming the models outside the panels; at most ``max_columns`` scores per
-figure. And a heatmap of tau intervals (datasets x scores) with the ground truth's ceiling as its own column."""
+figure. And a heatmap of tau intervals (datasets x scores) with the ground truth's ceiling as its own column,
+and each score's tau interval against the ceiling's band."""
 
 from __future__ import annotations
 
@@ -152,6 +153,55 @@ def tau_heatmap(intervals: pd.DataFrame, *, title: str, scores: list[str] | None
     fig.colorbar(image, ax=ax, label="Kendall τ", shrink=0.8)
     ax.set_title(f"{title}\nτ [two-level 95 % interval]; grey: interval covers 0 (indistinguishable from random)",
                  fontsize=9)
+    return fig
+
+
+def tau_ceiling_figure(intervals: pd.DataFrame, reliability: pd.DataFrame, *, title: str,
+                       scores: list[str] | None = None) -> Figure:
+    """One panel per dataset (``ALL`` last): each score's tau (point) with its two-level interval (bar) against
+    the ceiling of the ground truth (line) and its band (shaded: the middle 95 % of the taus between the
+    observed and the re-measured accuracy rankings); a dashed line at tau = 0. A score's bar reaching into the
+    band is as good as this ground truth can tell.
+
+    Args:
+        intervals: ``dataset, score, tau, tau2_lo, tau2_hi, verdict`` (the interval table of
+            :func:`medxfer.analysis.reliability.reliability_tables` or
+            :func:`medxfer.analysis.parametric.published_tables`).
+        reliability: ``dataset, ceiling, ceiling_lo, ceiling_hi`` per dataset.
+        scores: the scores, in order (None: sorted).
+    """
+    from medxfer.analysis.reliability import RANDOM
+
+    if len(intervals) == 0:
+        raise ValueError(f"no tau intervals to draw for {title!r}")
+    scores = list(scores) if scores is not None else sorted(intervals["score"].unique())
+    datasets = sorted(set(intervals["dataset"]) - {"ALL"}) + (["ALL"] if "ALL" in set(intervals["dataset"]) else [])
+    ceilings = reliability.set_index("dataset")
+    fig = Figure(figsize=(0.45 * len(scores) * len(datasets) + 1.5 * len(datasets) + 1, 3.6))
+    axes = fig.subplots(1, len(datasets), squeeze=False, sharey=True)[0]
+    for ax, dataset in zip(axes, datasets):
+        if dataset in ceilings.index:
+            c = ceilings.loc[dataset]
+            ax.axhspan(c["ceiling_lo"], c["ceiling_hi"], color="tab:green", alpha=0.18, lw=0)
+            ax.axhline(c["ceiling"], color="tab:green", lw=1.2, label="ceiling (perfect score)")
+        ax.axhline(0, color="0.5", lw=0.8, ls="--")
+        cells = intervals[intervals["dataset"] == dataset].set_index("score")
+        for k, score in enumerate(scores):
+            if score not in cells.index:
+                continue
+            row = cells.loc[score]
+            colour = "0.55" if row["verdict"] == RANDOM else "tab:blue"
+            ax.vlines(k, row["tau2_lo"], row["tau2_hi"], color=colour, lw=1.5)
+            ax.scatter([k], [row["tau"]], color=colour, s=22, zorder=3)
+        ax.set_xticks(range(len(scores)), scores, rotation=50, ha="right", fontsize=8)
+        ax.set_xlim(-0.6, len(scores) - 0.4)
+        ax.set_ylim(-1.05, 1.05)
+        ax.set_title(dataset, fontsize=9)
+        ax.tick_params(axis="y", labelsize=8)
+    axes[0].set_ylabel("Kendall τ (score vs test bal. acc.)", fontsize=8)
+    fig.suptitle(f"{title}\npoints: τ, bars: two-level 95 % interval (grey: covers 0); green: ceiling and its 95 % band",
+                 fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
     return fig
 
 

@@ -44,6 +44,8 @@ def decoded_key(table: SampleTable, preprocess: Preprocess) -> str:
         "pixels": EVAL_PIXELS_VERSION, "content": table.content_digest(), "resize": preprocess.resize,
         "crop": preprocess.input_size, "interpolation": preprocess.interpolation, "channels": CHANNELS,
     }
+    if preprocess.decode != "full":  # other pixels; absent when full, so existing cache files keep their keys
+        parts["decode"] = preprocess.decode
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -88,14 +90,14 @@ class _DecodeRows(Dataset):
     are decoded when the cache is built."""
 
     def __init__(self, table: SampleTable, preprocess: Preprocess):
-        self.table, self.geometry = table, eval_geometry(preprocess)
+        self.table, self.geometry, self.draft = table, eval_geometry(preprocess), preprocess.draft_size
         self.shape = (preprocess.input_size, preprocess.input_size, 3)
 
     def __len__(self) -> int:
         return len(self.table)
 
     def __getitem__(self, i: int) -> tuple[int, np.ndarray]:
-        pixels = np.asarray(self.geometry(self.table.load_image(i)), dtype=np.uint8)
+        pixels = np.asarray(self.geometry(self.table.load_image(i, draft=self.draft)), dtype=np.uint8)
         if pixels.shape != self.shape:  # Resize + CenterCrop always give crop x crop; anything else is a bug
             raise RuntimeError(f"{self.table.name} row {i}: decoded to {pixels.shape}, expected {self.shape}")
         return i, pixels
