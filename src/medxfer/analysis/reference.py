@@ -36,7 +36,7 @@ class ReferenceTable:
 
 def _read(path: Path, columns: list[str]) -> pd.DataFrame:
     try:
-        frame = pd.read_csv(path, float_precision="round_trip")
+        frame = pd.read_csv(path)
     except FileNotFoundError:
         raise DataError(f"reference table {path} is missing; reinstall medxfer") from None
     absent = [c for c in columns if c not in frame.columns]
