@@ -2,25 +2,28 @@
 
     PYTHONPATH=src .venv/bin/python benchmarks/decode.py                          # 300 images, 64 and 128 px
     PYTHONPATH=src .venv/bin/python benchmarks/decode.py --n 100 --sizes 64       # shorter
+    PYTHONPATH=src .venv/bin/python benchmarks/decode.py --threads 1              # a loaded machine: see --help
     MEDXFER_DATA_DIR=/data/medical PYTHONPATH=src .venv/bin/python benchmarks/decode.py
 
 Data: the first ``--n`` images (sorted paths, every class) of the BrainTumor ``Testing/`` and ``Training/``
 folders under ``$MEDXFER_DATA_DIR/brain_tumor_kaggle`` (default ``../shared/data`` beside the project): JPEGs of
-about 512 px. For each crop size (resize = crop / 0.875, as the smoke and small presets) it times, in one run and
-in this one process:
+about 512 px. For each crop size (resize = crop / 0.875, as the smoke and small presets) it times, in one run:
 
-1. ``decode full``: ``SampleTable.load_image`` (every pixel), then the evaluation geometry (resize + centre crop);
-2. ``decode reduced``: the same with ``preprocess.decode=reduced`` (a JPEG decoded at the smallest DCT scale whose
-   sides stay >= resize), then the same geometry;
-3. ``forward``: efficientnet_lite0's forward pass alone (features and source head) over tensors prepared
-   beforehand (timed before and after the others, averaged, so a change of the machine's load shifts both sides);
-4. ``extract``: ``extract_features`` end to end from the files with each decoder (loader workers as
-   ``--num-workers``, no decoded-image cache: the first model of a study pays this, and every model without
-   the cache).
+1. ``decode full`` / ``decode reduced``: ``SampleTable.load_image`` with every pixel, or with
+   ``preprocess.decode=reduced`` (a JPEG decoded at the smallest DCT scale whose sides stay >= resize); then the
+   evaluation geometry (resize + centre crop) of each, timed apart; their sum is an image's preparation;
+2. ``forward``: efficientnet_lite0's forward pass alone (features and source head) over tensors prepared
+   beforehand: what the model costs;
+3. ``extract_features`` end to end from the files with each decoder (loader workers as ``--num-workers``, no
+   decoded-image cache: what the first model of a study pays, and every model without the cache), and the
+   decoded-image cache's build with each decoder (once per split and geometry, on every core).
 
-Ratios: decode img/s over forward img/s (below 1: decoding costs more than the model), and extraction over
-forward with each decoder. Then how far reduced decoding moves the features: per-image cosine similarity of
-the two decoders' features, and the LogME and linear_probe scores (``medxfer.scores``) both ways.
+Every path runs once per round, ``--rounds`` rounds interleaved, so that a change of the machine's load hits
+every path alike; each path's img/s is its best round (wall clock), and its CPU milliseconds per image (this
+process and its loader workers; the median round) vary less on a shared machine. Ratios: preparation over the
+forward pass (below 1: decoding costs more than the model), extraction over the forward pass, reduced over
+full. Then how far reduced decoding moves the features: per-image cosine similarity of the two decoders'
+features, and the LogME and linear_probe scores (``medxfer.scores``) both ways.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,8 +39,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from extract import forward, load_model  # noqa: E402  (the sibling benchmark's helpers)
+from extract import cpu_seconds, forward, load_model  # noqa: E402  (the sibling benchmark's helpers)
 
+from medxfer.data.decoded import DecodedImageCache  # noqa: E402
 from medxfer.data.loading import available_cores, resolve_num_workers  # noqa: E402
 from medxfer.data.tables import SampleTable  # noqa: E402
 from medxfer.data.transforms import Preprocess, eval_geometry, eval_transform, resolve_preprocess  # noqa: E402
@@ -59,17 +64,28 @@ def brain_tumor(root: Path, n: int) -> SampleTable:
                        paths=tuple(f for f, _ in rows))
 
 
-def decode_rate(table: SampleTable, p: Preprocess) -> tuple[float, float]:
-    """img/s of decoding alone and of decoding + the evaluation geometry, with ``p``'s decoder."""
+def timed(fn, *args) -> tuple[float, float, object]:
+    """Wall-clock and CPU seconds (this process and its joined loader workers) of ``fn(*args)``, and its result."""
+    wall, cpu = time.perf_counter(), cpu_seconds()
+    out = fn(*args)
+    return time.perf_counter() - wall, cpu_seconds() - cpu, out
+
+
+def decode_all(table: SampleTable, p: Preprocess) -> list:
+    return [table.load_image(i, draft=p.draft_size) for i in range(len(table))]
+
+
+def shape_all(images: list, p: Preprocess) -> None:
     geometry = eval_geometry(p)
-    start = time.perf_counter()
-    images = [table.load_image(i, draft=p.draft_size) for i in range(len(table))]
-    decoded = time.perf_counter() - start
-    start = time.perf_counter()
     for img in images:
         geometry(img)
-    shaped = time.perf_counter() - start
-    return len(table) / decoded, len(table) / (decoded + shaped)
+
+
+def cache_build(table: SampleTable, p: Preprocess, workers: int) -> None:
+    """Build the decoded-image cache of ``table`` in a throw-away folder (what a study pays once per split and
+    geometry; ``extract_features`` with ``num_workers: auto`` decodes it on every core)."""
+    with tempfile.TemporaryDirectory(prefix="bench-decode-") as tmp:
+        DecodedImageCache(Path(tmp)).images(table, p, num_workers=workers)
 
 
 def tensors(table: SampleTable, p: Preprocess) -> torch.Tensor:
@@ -77,11 +93,13 @@ def tensors(table: SampleTable, p: Preprocess) -> torch.Tensor:
     return torch.stack([transform(table.load_image(i, draft=p.draft_size)) for i in range(len(table))])
 
 
-def extract(model, table: SampleTable, p: Preprocess, batch_size: int, workers) -> tuple[float, np.ndarray]:
-    start = time.perf_counter()
-    feats = extract_features(model, table, p, batch_size=batch_size, num_workers=workers, accelerator="cpu",
-                             progress=False)
-    return time.perf_counter() - start, feats.features
+def extract(model, table: SampleTable, p: Preprocess, batch_size: int, workers) -> np.ndarray:
+    return extract_features(model, table, p, batch_size=batch_size, num_workers=workers, accelerator="cpu",
+                            progress=False).features
+
+
+def forward_features(model, images: torch.Tensor, labels: np.ndarray, batch_size: int) -> np.ndarray:
+    return forward(model, images, labels, batch_size)[1]
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -96,7 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="64,128", help="crop sizes")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-workers", default="auto")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions of every path")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's own); on a machine whose cores other work keeps busy, "
+                             "1 thread runs the forward pass several times faster than 2")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     workers = args.num_workers if args.num_workers == "auto" else int(args.num_workers)
     project = Path(__file__).resolve().parents[1]
     data_dir = Path(os.environ.get("MEDXFER_DATA_DIR") or project.parent / "shared" / "data")
@@ -117,28 +141,62 @@ def main(argv: list[str] | None = None) -> int:
         reduced = resolve_preprocess(model_data_config(model, spec), {"input_size": size, "resize": full.resize,
                                                                       "decode": "reduced"})
         images = tensors(table, full)
-        before_s, ref = forward(model, images, table.labels, args.batch_size)
-        dec_full, geo_full = decode_rate(table, full)
-        dec_red, geo_red = decode_rate(table, reduced)
-        ext_full_s, feats_full = extract(model, table, full, args.batch_size, workers)
-        ext_red_s, feats_red = extract(model, table, reduced, args.batch_size, workers)
-        after_s, _ = forward(model, images, table.labels, args.batch_size)
+        forward_features(model, images[:args.batch_size], table.labels[:args.batch_size], args.batch_size)  # warm-up
+        # every path once per round, rounds interleaved: a change of the machine's load hits every path alike;
+        # the best round of each path is its speed with the least interference
+        paths = {
+            "decode full": lambda: decode_all(table, full),
+            "decode reduced": lambda: decode_all(table, reduced),
+            "resize/crop of full": lambda: shape_all(decoded["full"], full),
+            "resize/crop of reduced": lambda: shape_all(decoded["reduced"], reduced),
+            "cache build full": lambda: cache_build(table, full, available_cores()),
+            "cache build reduced": lambda: cache_build(table, reduced, available_cores()),
+            "forward": lambda: forward_features(model, images, table.labels, args.batch_size),
+            "extract full": lambda: extract(model, table, full, args.batch_size, workers),
+            "extract reduced": lambda: extract(model, table, reduced, args.batch_size, workers),
+        }
+        decoded = {"full": decode_all(table, full), "reduced": decode_all(table, reduced)}
+        wall = {k: [] for k in paths}
+        cpu = {k: [] for k in paths}
+        out = {}
+        loads = []
+        for _ in range(args.rounds):
+            loads.append(os.getloadavg()[0])
+            for name, fn in paths.items():
+                w, c, out[name] = timed(fn)
+                wall[name].append(w)
+                cpu[name].append(c)
         n = len(table)
-        fwd = n / ((before_s + after_s) / 2)
-        ext_full, ext_red = n / ext_full_s, n / ext_red_s
-        print(f"\n{args.model} {size} px (resize {full.resize}), img/s:")
-        print(f"  decode full     {dec_full:8.1f}   + resize/crop {geo_full:8.1f}   ({geo_full / fwd:.2f}x forward)")
-        print(f"  decode reduced  {dec_red:8.1f}   + resize/crop {geo_red:8.1f}   ({geo_red / fwd:.2f}x forward)")
-        print(f"  forward alone   {fwd:8.1f}   (before {n / before_s:.1f}, after {n / after_s:.1f})")
-        print(f"  extract, full decode     {ext_full:8.1f}   ({ext_full / fwd:.3f}x forward)"
-              f"{'  features identical to the forward pass' if np.array_equal(feats_full, ref) else '  FEATURES DIFFER'}")
-        print(f"  extract, reduced decode  {ext_red:8.1f}   ({ext_red / fwd:.3f}x forward)")
-        print(f"  ratios: reduced/full decode+geometry {geo_red / geo_full:.2f}; reduced/full extract "
-              f"{ext_red / ext_full:.2f}; decode+geometry share of full extraction {ext_full / geo_full:.2f}", flush=True)
+        rate = {k: n / min(v) for k, v in wall.items()}
+        ms = {k: 1000 * float(np.median(v)) / n for k, v in cpu.items()}
+        # decoding and resizing are separate steps of one image's preparation: their times add up
+        prep = {d: n / (n / rate[f"decode {d}"] + n / rate[f"resize/crop of {d}"]) for d in ("full", "reduced")}
+        prep_ms = {d: ms[f"decode {d}"] + ms[f"resize/crop of {d}"] for d in ("full", "reduced")}
+        fwd = rate["forward"]
+        print(f"\n{args.model} {size} px (resize {full.resize}); {args.rounds} interleaved rounds, best round's img/s "
+              f"and median CPU ms per image; load average at each round's start "
+              f"{', '.join(f'{v:.2f}' for v in loads)}:")
+        for d in ("full", "reduced"):
+            print(f"  decode {d:<8} {rate[f'decode {d}']:7.1f} img/s {ms[f'decode {d}']:6.2f} ms; + resize/crop "
+                  f"{prep[d]:7.1f} img/s {prep_ms[d]:6.2f} ms  ({prep[d] / fwd:.2f}x the forward pass's img/s)")
+        print(f"  forward alone   {fwd:7.1f} img/s {ms['forward']:6.2f} ms (CPU of {torch.get_num_threads()} threads)")
+        for d in ("full", "reduced"):
+            print(f"  extract_features, {d} decode {rate[f'extract {d}']:7.1f} img/s {ms[f'extract {d}']:6.2f} ms  "
+                  f"({rate[f'extract {d}'] / fwd:.3f}x forward)")
+        print(f"  decoded-image cache build on {available_cores()} cores: full {rate['cache build full']:.1f} img/s, "
+              f"reduced {rate['cache build reduced']:.1f} img/s")
+        print(f"  ratios: reduced/full decode+resize {prep['reduced'] / prep['full']:.2f} (CPU "
+              f"{prep_ms['full'] / prep_ms['reduced']:.2f}); reduced/full extract {rate['extract reduced'] / rate['extract full']:.2f}; "
+              f"reduced/full cache build {rate['cache build reduced'] / rate['cache build full']:.2f}; decode+resize CPU "
+              f"over forward CPU: full {prep_ms['full'] / ms['forward']:.2f}, reduced {prep_ms['reduced'] / ms['forward']:.2f}",
+              flush=True)
+        feats_full, feats_red = out["extract full"], out["extract reduced"]
+        same = np.array_equal(feats_full, out["forward"])
         cos = cosine(feats_full, feats_red)
         labels = table.labels
-        print(f"  features reduced vs full: cosine similarity mean {cos.mean():.4f}, min {cos.min():.4f}, "
-              f"5th percentile {np.quantile(cos, 0.05):.4f}")
+        print(f"  full-decode extraction features {'identical to' if same else 'DIFFER from'} the forward pass's; "
+              f"reduced vs full: cosine similarity mean {cos.mean():.4f}, min {cos.min():.4f}, 5th percentile "
+              f"{np.quantile(cos, 0.05):.4f}")
         print(f"  scores (the project's, on these {n} images): LogME full {logme(feats_full, labels):.4f}, reduced "
               f"{logme(feats_red, labels):.4f}; linear_probe full {linear_probe(feats_full, labels):.4f}, reduced "
               f"{linear_probe(feats_red, labels):.4f}", flush=True)

@@ -24,7 +24,7 @@ MAX_COLUMNS = 8
 
 def correlation_figures(table: pd.DataFrame, corr: pd.DataFrame, *, title: str, target_label: str,
                         scores: list[str] | None = None, errors: pd.DataFrame | None = None,
-                        max_columns: int = MAX_COLUMNS) -> list[Figure]:
+                        max_columns: int = MAX_COLUMNS, notes: dict | None = None) -> list[Figure]:
     """:func:`correlation_figure` for the scores in chunks of at most ``max_columns`` (one figure each, titled
     "(part i/n)" when there are several)."""
     scores = list(scores) if scores is not None else sorted(table["score"].unique())
@@ -32,12 +32,13 @@ def correlation_figures(table: pd.DataFrame, corr: pd.DataFrame, *, title: str, 
         raise ValueError(f"max_columns={max_columns}; expected at least 1")
     chunks = [scores[i:i + max_columns] for i in range(0, len(scores), max_columns)] or [[]]
     return [correlation_figure(table, corr, title=title if len(chunks) == 1 else f"{title} (part {i + 1}/{len(chunks)})",
-                               target_label=target_label, scores=chunk, errors=errors)
+                               target_label=target_label, scores=chunk, errors=errors, notes=notes)
             for i, chunk in enumerate(chunks)]
 
 
 def correlation_figure(table: pd.DataFrame, corr: pd.DataFrame, *, title: str, target_label: str,
-                       scores: list[str] | None = None, errors: pd.DataFrame | None = None) -> Figure:
+                       scores: list[str] | None = None, errors: pd.DataFrame | None = None,
+                       notes: dict | None = None) -> Figure:
     """One panel per (dataset, score): score value (x) against ``target`` (y) for every model.
 
     Args:
@@ -47,6 +48,7 @@ def correlation_figure(table: pd.DataFrame, corr: pd.DataFrame, *, title: str, t
         errors: accuracy intervals ``dataset, model, acc_lo, acc_hi`` (e.g. from
             :func:`medxfer.analysis.reliability.reliability_tables`), drawn as vertical error bars; models
             without a row get none.
+        notes: (dataset, score) -> text printed under tau in that panel (e.g. its interval and the ceiling).
     """
     if len(table) == 0:
         raise ValueError(f"no data to plot for {title!r}")
@@ -77,7 +79,8 @@ def correlation_figure(table: pd.DataFrame, corr: pd.DataFrame, *, title: str, t
                 xs = np.linspace(x.min(), x.max(), 20)
                 ax.plot(xs, slope * (xs - centre) / spread + intercept, color="0.4", lw=1, ls="--")
             t = tau.get((dataset, score), np.nan)
-            ax.text(0.04, 0.93, f"τ = {t:.2f}", transform=ax.transAxes, va="top", fontsize=9,
+            note = (notes or {}).get((dataset, score))
+            ax.text(0.04, 0.93, f"τ = {t:.2f}" + (f"\n{note}" if note else ""), transform=ax.transAxes, va="top", fontsize=9,
                     bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="0.8"))
             ax.tick_params(labelsize=7)
             ax.xaxis.get_offset_text().set_fontsize(7)

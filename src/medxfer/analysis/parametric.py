@@ -12,8 +12,8 @@ which sample each model got right, so two assumptions stand in for the missing d
   ``Var(a*) = a (1 - a) / C^2 * sum_k 1 / n_k``. With equal class sizes no recalls of mean ``a`` vary more
   (``r (1 - r)`` is concave), so the noise is not understated; with unequal sizes it is close to the largest.
 - **Independence**: each model is drawn independently. Models that err on the same images (fine-tuned models
-  of one dataset do) differ less from one test set to another than independent draws, so this ceiling is
-  lower (more pessimistic) than the one their per-sample predictions would give; read it as a lower bound.
+  of one dataset do) differ less from one test set to another than independent draws, so their per-sample
+  predictions would usually give a higher ceiling than this one: read it as a conservative estimate.
 
 Resample ``b`` of model ``m``: ``a*_bm = (1/C) sum_k X_bmk / n_k``, ``X_bmk ~ Bin(n_k, r_mk)`` independent.
 From ``a`` and ``a*`` everything of :mod:`~medxfer.analysis.reliability` follows unchanged: accuracy intervals

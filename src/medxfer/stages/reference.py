@@ -70,8 +70,13 @@ def run_reference(cfg: DictConfig) -> ReferenceResult:
         frame.to_csv(out / f"{stem}.csv", index=False)
     scores = sorted(ref.table["score"].unique())
     title = f"{name}: published scores vs published test balanced accuracy"
-    figures = save_figures(correlation_figures(ref.table, corr, title=title, target_label="test bal. acc.",
-                                               scores=scores, errors=accuracy), out / "figure3")
+    ceil = reliability.set_index("dataset")["ceiling"]
+    notes = {(row.dataset, row.score): f"[{row.tau2_lo:.2f}, {row.tau2_hi:.2f}]; ceiling {ceil[row.dataset]:.2f}"
+             for row in intervals.itertuples(index=False)}
+    figures = save_figures(correlation_figures(ref.table, corr, title=f"{title} (bars: accuracy intervals; τ [two-level "
+                                               "interval]; ceiling: the τ of a perfect score)",
+                                               target_label="test bal. acc.", scores=scores, errors=accuracy,
+                                               notes=notes), out / "figure3")
     figures += save_figure(tau_ceiling_figure(intervals, reliability, title=title, scores=scores), out / "tau_ceiling")
     figures += save_figure(tau_heatmap(intervals, title=title, scores=scores), out / "tau_heatmap")
 
