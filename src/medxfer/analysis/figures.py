@@ -180,7 +180,7 @@ def tau_ceiling_figure(intervals: pd.DataFrame, reliability: pd.DataFrame, *, ti
     scores = list(scores) if scores is not None else sorted(intervals["score"].unique())
     datasets = sorted(set(intervals["dataset"]) - {"ALL"}) + (["ALL"] if "ALL" in set(intervals["dataset"]) else [])
     ceilings = reliability.set_index("dataset")
-    fig = Figure(figsize=(0.45 * len(scores) * len(datasets) + 1.5 * len(datasets) + 1, 3.6))
+    fig = Figure(figsize=(0.45 * len(scores) * len(datasets) + 1.5 * len(datasets) + 1, 3.4), layout="constrained")
     axes = fig.subplots(1, len(datasets), squeeze=False, sharey=True)[0]
     for ax, dataset in zip(axes, datasets):
         if dataset in ceilings.index:
@@ -204,7 +204,6 @@ def tau_ceiling_figure(intervals: pd.DataFrame, reliability: pd.DataFrame, *, ti
     axes[0].set_ylabel("Kendall τ (score vs test bal. acc.)", fontsize=8)
     fig.suptitle(f"{title}\npoints: τ, bars: two-level 95 % interval (grey: covers 0); green: ceiling and its 95 % band",
                  fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.92))
     return fig
 
 
