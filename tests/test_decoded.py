@@ -200,10 +200,10 @@ def _count_decodes(monkeypatch, log_file: Path) -> None:
     append to the same file)."""
     original = SampleTable.load_image
 
-    def counted(self, i):
+    def counted(self, i, **options):
         with open(log_file, "a") as f:
             f.write(f"{self.name}\t{i}\n")
-        return original(self, i)
+        return original(self, i, **options)
 
     monkeypatch.setattr(SampleTable, "load_image", counted)
 

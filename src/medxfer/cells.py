@@ -90,6 +90,12 @@ def dataset_identity(node: Any) -> Any:
     return node
 
 
+def preprocess_identity(preprocess: dict[str, Any]) -> dict[str, Any]:
+    """The preprocess config as part of a cell: ``decode`` counts only when it is not ``full``, so cells decoded
+    in full keep the ids they had before the option existed."""
+    return {k: v for k, v in preprocess.items() if not (k == "decode" and v in (None, "full"))}
+
+
 def model_identity(model: dict[str, Any], names: list[str] | None = None) -> dict[str, Any]:
     """The model config as part of a cell: descriptive keys are left out, ``model.weights`` (a location) counts
     by the file's digest instead, and the published ImageNet top-1 matters only to the ``imagenet_top1`` score."""
@@ -164,7 +170,7 @@ def score_cell(c: dict[str, Any], split: str, table: "SampleTable", names: list[
 
     parts = {
         "stage": "score", "schema": SCHEMA["score"], "model": model_identity(c["model"], names),
-        "dataset": dataset_identity(c["dataset"]), "preprocess": c["preprocess"], "scores": list(names),
+        "dataset": dataset_identity(c["dataset"]), "preprocess": preprocess_identity(c["preprocess"]), "scores": list(names),
         "split": split, "data": table_digest(table, digests), "weights": weights_id,
     }
     changed = non_default_options(options or {})
@@ -178,7 +184,7 @@ def finetune_cell(c: dict[str, Any], data_digest: str, weights_id: str) -> Cell:
     whose :func:`splits_digest` is ``data_digest`` (a study's trials share one)."""
     parts = {
         "stage": "finetune", "schema": SCHEMA["finetune"], "model": model_identity(c["model"]),
-        "dataset": dataset_identity(c["dataset"]), "preprocess": c["preprocess"],
+        "dataset": dataset_identity(c["dataset"]), "preprocess": preprocess_identity(c["preprocess"]),
         "finetune": {k: c["finetune"].get(k) for k in FINETUNE_RESULT_KEYS},
         "data": data_digest, "weights": weights_id,
     }

@@ -1,7 +1,8 @@
 """Figures in the style of the paper's Figure 3: rows are datasets, columns scores, one marker per model (with
 its accuracy interval as an error bar where the study has per-sample predictions), a least-squares line,
 Kendall's tau in each panel, the legend naming the models outside the panels; at most ``max_columns`` scores per
-figure. And a heatmap of tau intervals (datasets x scores) with the ground truth's ceiling as its own column."""
+figure. And a heatmap of tau intervals (datasets x scores) with the ground truth's ceiling as its own column,
+and each score's tau interval against the ceiling's band."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ MAX_COLUMNS = 8
 
 def correlation_figures(table: pd.DataFrame, corr: pd.DataFrame, *, title: str, target_label: str,
                         scores: list[str] | None = None, errors: pd.DataFrame | None = None,
-                        max_columns: int = MAX_COLUMNS) -> list[Figure]:
+                        max_columns: int = MAX_COLUMNS, notes: dict | None = None) -> list[Figure]:
     """:func:`correlation_figure` for the scores in chunks of at most ``max_columns`` (one figure each, titled
     "(part i/n)" when there are several)."""
     scores = list(scores) if scores is not None else sorted(table["score"].unique())
@@ -31,12 +32,13 @@ def correlation_figures(table: pd.DataFrame, corr: pd.DataFrame, *, title: str, 
         raise ValueError(f"max_columns={max_columns}; expected at least 1")
     chunks = [scores[i:i + max_columns] for i in range(0, len(scores), max_columns)] or [[]]
     return [correlation_figure(table, corr, title=title if len(chunks) == 1 else f"{title} (part {i + 1}/{len(chunks)})",
-                               target_label=target_label, scores=chunk, errors=errors)
+                               target_label=target_label, scores=chunk, errors=errors, notes=notes)
             for i, chunk in enumerate(chunks)]
 
 
 def correlation_figure(table: pd.DataFrame, corr: pd.DataFrame, *, title: str, target_label: str,
-                       scores: list[str] | None = None, errors: pd.DataFrame | None = None) -> Figure:
+                       scores: list[str] | None = None, errors: pd.DataFrame | None = None,
+                       notes: dict | None = None) -> Figure:
     """One panel per (dataset, score): score value (x) against ``target`` (y) for every model.
 
     Args:
@@ -46,6 +48,7 @@ def correlation_figure(table: pd.DataFrame, corr: pd.DataFrame, *, title: str, t
         errors: accuracy intervals ``dataset, model, acc_lo, acc_hi`` (e.g. from
             :func:`medxfer.analysis.reliability.reliability_tables`), drawn as vertical error bars; models
             without a row get none.
+        notes: (dataset, score) -> text printed under tau in that panel (e.g. its interval and the ceiling).
     """
     if len(table) == 0:
         raise ValueError(f"no data to plot for {title!r}")
@@ -76,7 +79,8 @@ def correlation_figure(table: pd.DataFrame, corr: pd.DataFrame, *, title: str, t
                 xs = np.linspace(x.min(), x.max(), 20)
                 ax.plot(xs, slope * (xs - centre) / spread + intercept, color="0.4", lw=1, ls="--")
             t = tau.get((dataset, score), np.nan)
-            ax.text(0.04, 0.93, f"τ = {t:.2f}", transform=ax.transAxes, va="top", fontsize=9,
+            note = (notes or {}).get((dataset, score))
+            ax.text(0.04, 0.93, f"τ = {t:.2f}" + (f"\n{note}" if note else ""), transform=ax.transAxes, va="top", fontsize=9,
                     bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="0.8"))
             ax.tick_params(labelsize=7)
             ax.xaxis.get_offset_text().set_fontsize(7)
@@ -151,6 +155,54 @@ def tau_heatmap(intervals: pd.DataFrame, *, title: str, scores: list[str] | None
     ax.set_yticks(range(len(datasets)), datasets, fontsize=8)
     fig.colorbar(image, ax=ax, label="Kendall τ", shrink=0.8)
     ax.set_title(f"{title}\nτ [two-level 95 % interval]; grey: interval covers 0 (indistinguishable from random)",
+                 fontsize=9)
+    return fig
+
+
+def tau_ceiling_figure(intervals: pd.DataFrame, reliability: pd.DataFrame, *, title: str,
+                       scores: list[str] | None = None) -> Figure:
+    """One panel per dataset (``ALL`` last): each score's tau (point) with its two-level interval (bar) against
+    the ceiling of the ground truth (line) and its band (shaded: the middle 95 % of the taus between the
+    observed and the re-measured accuracy rankings); a dashed line at tau = 0. A score's bar reaching into the
+    band is as good as this ground truth can tell.
+
+    Args:
+        intervals: ``dataset, score, tau, tau2_lo, tau2_hi, verdict`` (the interval table of
+            :func:`medxfer.analysis.reliability.reliability_tables` or
+            :func:`medxfer.analysis.parametric.published_tables`).
+        reliability: ``dataset, ceiling, ceiling_lo, ceiling_hi`` per dataset.
+        scores: the scores, in order (None: sorted).
+    """
+    from medxfer.analysis.reliability import RANDOM
+
+    if len(intervals) == 0:
+        raise ValueError(f"no tau intervals to draw for {title!r}")
+    scores = list(scores) if scores is not None else sorted(intervals["score"].unique())
+    datasets = sorted(set(intervals["dataset"]) - {"ALL"}) + (["ALL"] if "ALL" in set(intervals["dataset"]) else [])
+    ceilings = reliability.set_index("dataset")
+    fig = Figure(figsize=(0.45 * len(scores) * len(datasets) + 1.5 * len(datasets) + 1, 3.4), layout="constrained")
+    axes = fig.subplots(1, len(datasets), squeeze=False, sharey=True)[0]
+    for ax, dataset in zip(axes, datasets):
+        if dataset in ceilings.index:
+            c = ceilings.loc[dataset]
+            ax.axhspan(c["ceiling_lo"], c["ceiling_hi"], color="tab:green", alpha=0.18, lw=0)
+            ax.axhline(c["ceiling"], color="tab:green", lw=1.2, label="ceiling (perfect score)")
+        ax.axhline(0, color="0.5", lw=0.8, ls="--")
+        cells = intervals[intervals["dataset"] == dataset].set_index("score")
+        for k, score in enumerate(scores):
+            if score not in cells.index:
+                continue
+            row = cells.loc[score]
+            colour = "0.55" if row["verdict"] == RANDOM else "tab:blue"
+            ax.vlines(k, row["tau2_lo"], row["tau2_hi"], color=colour, lw=1.5)
+            ax.scatter([k], [row["tau"]], color=colour, s=22, zorder=3)
+        ax.set_xticks(range(len(scores)), scores, rotation=50, ha="right", fontsize=8)
+        ax.set_xlim(-0.6, len(scores) - 0.4)
+        ax.set_ylim(-1.05, 1.05)
+        ax.set_title(dataset, fontsize=9)
+        ax.tick_params(axis="y", labelsize=8)
+    axes[0].set_ylabel("Kendall τ (score vs test bal. acc.)", fontsize=8)
+    fig.suptitle(f"{title}\npoints: τ, bars: two-level 95 % interval (grey: covers 0); green: ceiling and its 95 % band",
                  fontsize=9)
     return fig
 

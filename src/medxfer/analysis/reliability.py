@@ -319,8 +319,15 @@ def reliability_tables(truths: Mapping[str, GroundTruth], table: pd.DataFrame, *
         n_models, n_test, n_seeds, ceiling, retest_tau_bootstrap, retest_tau_seeds``; ``intervals`` columns
         :data:`INTERVAL_COLUMNS`; ``accuracy`` per (dataset, model) ``accuracy, acc_lo, acc_hi, n_seeds``.
     """
-    datasets = sorted(truths)
-    rs = {d: resample(truths[d], n_boot=n_boot, seed=seed) for d in datasets}
+    return resampled_tables({d: resample(truths[d], n_boot=n_boot, seed=seed) for d in sorted(truths)}, table,
+                            seed=seed, level=level)
+
+
+def resampled_tables(rs: Mapping[str, Resampled], table: pd.DataFrame, *, seed: int = 0,
+                     level: float = 0.95) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """:func:`reliability_tables` from ground truths already resampled (dataset -> :class:`Resampled`), by this
+    module's bootstrap or another (e.g. :mod:`medxfer.analysis.parametric` for published accuracies)."""
+    datasets = sorted(rs)
     rel, acc = [], []
     for d in datasets:
         r = rs[d]

@@ -2,6 +2,7 @@
 
     medxfer-analyze                      # the default study
     medxfer-analyze study=pilot select.metric=val/bal_acc bootstrap.n=2000
+    medxfer-analyze reference=chaves2023        # the paper's published table: intervals and noise ceiling
 """
 
 from __future__ import annotations
@@ -19,8 +20,12 @@ from medxfer.config import config_dir
 @reports_errors
 def main(cfg: DictConfig) -> None:
     filter_known_warnings()
-    from medxfer.workflows.study import analyze_study  # after composing: a typo fails before torch loads
-    result = analyze_study(cfg, overrides=task_overrides())
+    if cfg.get("reference"):  # a published table, not a tracked study
+        from medxfer.stages.reference import run_reference
+        result = run_reference(cfg)
+    else:
+        from medxfer.workflows.study import analyze_study  # after composing: a typo fails before torch loads
+        result = analyze_study(cfg, overrides=task_overrides())
     print("[analyze] figures:\n  " + "\n  ".join(str(p) for p in result.figures))
 
 

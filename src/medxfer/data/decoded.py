@@ -22,9 +22,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import functional as TF
 
-from medxfer.data.tables import SampleTable
+from medxfer.data.tables import SampleTable, table_digest
 from medxfer.data.transforms import EVAL_PIXELS_VERSION, Preprocess, eval_geometry
-from medxfer.data.tables import table_digest
 from medxfer.digests import FileDigests, digest_store, file_sha256, hash_parts, published_with_checksum
 
 log = logging.getLogger(__name__)
@@ -39,11 +38,14 @@ def decoded_key(table: SampleTable, preprocess: Preprocess, digests: FileDigests
     """Hex key of a split's decoded pixels: its contents (the table digest of its cells: class names, labels and
     each image's bytes, looked up in ``digests``) and the geometry. Mean and std are not in it: they are applied
     on the fly, so models with other normalisations share the file."""
-    return hash_parts({
+    parts = {
         "pixels": EVAL_PIXELS_VERSION, "content": table_digest(table, digests or FileDigests(None)),
         "resize": preprocess.resize, "crop": preprocess.input_size, "interpolation": preprocess.interpolation,
         "channels": CHANNELS,
-    }, length=20)
+    }
+    if preprocess.decode != "full":  # other pixels; absent when full, so full decoding keeps its keys
+        parts["decode"] = preprocess.decode
+    return hash_parts(parts, length=20)
 
 
 def decoded_cache_for(extract: dict[str, Any], cache_dir: str | Path) -> "DecodedImageCache | None":
@@ -87,14 +89,14 @@ class _DecodeRows(Dataset):
     are decoded when the cache is built."""
 
     def __init__(self, table: SampleTable, preprocess: Preprocess):
-        self.table, self.geometry = table, eval_geometry(preprocess)
+        self.table, self.geometry, self.draft = table, eval_geometry(preprocess), preprocess.draft_size
         self.shape = (preprocess.input_size, preprocess.input_size, 3)
 
     def __len__(self) -> int:
         return len(self.table)
 
     def __getitem__(self, i: int) -> tuple[int, np.ndarray]:
-        pixels = np.asarray(self.geometry(self.table.load_image(i)), dtype=np.uint8)
+        pixels = np.asarray(self.geometry(self.table.load_image(i, draft=self.draft)), dtype=np.uint8)
         if pixels.shape != self.shape:  # Resize + CenterCrop always give crop x crop; anything else is a bug
             raise RuntimeError(f"{self.table.name} row {i}: decoded to {pixels.shape}, expected {self.shape}")
         return i, pixels

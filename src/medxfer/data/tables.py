@@ -76,13 +76,19 @@ class SampleTable:
             ids=tuple(self.ids[i] for i in index),
         )
 
-    def load_image(self, i: int) -> Image.Image:
-        """Sample ``i`` as an 8-bit RGB image (grayscale, RGBA, palette and 16-bit images are converted)."""
+    def load_image(self, i: int, *, draft: int | None = None) -> Image.Image:
+        """Sample ``i`` as an 8-bit RGB image (grayscale, RGBA, palette and 16-bit images are converted).
+
+        ``draft``: a JPEG file is decoded at the smallest scale its decoder offers (1/2, 1/4 or 1/8 of each
+        side, taken in the DCT, far cheaper than decoding every pixel) whose width and height both stay
+        >= ``draft``; other formats and in-memory pixels are read in full."""
         if self.images is not None:
             return to_rgb(Image.fromarray(self.images[i]))
         path = self.paths[i]
         try:
             with Image.open(path) as img:
+                if draft is not None:
+                    img.draft("RGB", (draft, draft))
                 img.load()
                 return to_rgb(img)
         except FileNotFoundError:

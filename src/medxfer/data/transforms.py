@@ -20,26 +20,44 @@ _INTERPOLATION = {
 }
 
 
+#: How image files are decoded: ``full`` (every pixel), ``reduced`` (a JPEG decoded at the smallest DCT scale,
+#: 1/2, 1/4 or 1/8, whose sides stay >= ``resize``; other formats in full).
+DECODERS = ("full", "reduced")
+
+
 @dataclass(frozen=True)
 class Preprocess:
-    """How images reach the network: resize the short side to ``resize``, centre-crop ``input_size``."""
+    """How images reach the network: decode (``decode``), resize the short side to ``resize``, centre-crop
+    ``input_size``."""
 
     input_size: int
     resize: int
     interpolation: str
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    decode: str = "full"
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields; ``decode`` only when it is not ``full``, so the feature-cache keys and logged params of
+        full decoding are what they were before reduced decoding existed."""
+        d = asdict(self)
+        if d["decode"] == "full":
+            del d["decode"]
+        return d
+
+    @property
+    def draft_size(self) -> int | None:
+        """The side a JPEG may be decoded down to (:meth:`medxfer.data.tables.SampleTable.load_image`'s
+        ``draft``): ``resize`` with reduced decoding, None (every pixel) with full decoding."""
+        return self.resize if self.decode == "reduced" else None
 
 
 def resolve_preprocess(model_data_config: dict[str, Any], overrides: dict[str, Any] | None = None) -> Preprocess:
     """Preprocessing from timm's pretrained config (``timm.data.resolve_model_data_config``), with overrides.
 
     ``overrides`` keys (None = keep timm's value): ``input_size``, ``resize`` (short side before the crop;
-    default ``floor(input_size / crop_pct)``), ``interpolation``, ``mean``, ``std``.  The paper used
-    ``resize=256, input_size=224``.
+    default ``floor(input_size / crop_pct)``), ``interpolation``, ``mean``, ``std``, and ``decode`` (one of
+    :data:`DECODERS`; None = ``full``).  The paper used ``resize=256, input_size=224``.
     """
     check_preprocess_options(overrides)
     o = {k: v for k, v in (overrides or {}).items() if v is not None}
@@ -60,7 +78,7 @@ def resolve_preprocess(model_data_config: dict[str, Any], overrides: dict[str, A
                           f"to one of {sorted(_INTERPOLATION)}")
     mean = tuple(float(v) for v in o.get("mean", model_data_config["mean"]))
     std = tuple(float(v) for v in o.get("std", model_data_config["std"]))
-    return Preprocess(size, resize, interpolation, mean, std)
+    return Preprocess(size, resize, interpolation, mean, std, str(o.get("decode", "full")))
 
 
 #: Largest accepted ``preprocess.input_size`` / ``resize`` (pixels): far above any backbone's input, low enough
@@ -79,6 +97,9 @@ def check_preprocess_options(options: dict[str, Any] | None) -> None:
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SIDE:
                 raise ConfigError(f"preprocess.{key}={value!r}; expected a whole number of pixels from 1 to {MAX_SIDE} "
                                   "(or null for the model's own size)")
+    if "decode" in o and o["decode"] not in DECODERS:
+        raise ConfigError(f"preprocess.decode={o['decode']!r}; expected one of {list(DECODERS)} (reduced: JPEGs "
+                          "decoded at the smallest DCT scale that still covers preprocess.resize)")
     if "interpolation" in o and str(o["interpolation"]) not in _INTERPOLATION:
         raise ConfigError(f"preprocess.interpolation={o['interpolation']!r}; expected one of {sorted(_INTERPOLATION)}")
     for key in ("mean", "std"):
@@ -133,14 +154,16 @@ def train_transform(p: Preprocess) -> T.Compose:
 
 
 class ImageDataset(Dataset):
-    """A torch dataset over a :class:`SampleTable`: ``(image tensor, label)`` pairs."""
+    """A torch dataset over a :class:`SampleTable`: ``(image tensor, label)`` pairs; ``draft``: decode JPEGs
+    down to this side (:attr:`Preprocess.draft_size`), None: in full."""
 
-    def __init__(self, table: SampleTable, transform):
+    def __init__(self, table: SampleTable, transform, draft: int | None = None):
         self.table = table
         self.transform = transform
+        self.draft = draft
 
     def __len__(self) -> int:
         return len(self.table)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.table.load_image(i)), int(self.table.labels[i])
+        return self.transform(self.table.load_image(i, draft=self.draft)), int(self.table.labels[i])

@@ -104,7 +104,7 @@ def extract_features(
     pin = uses_gpu(accelerator)
     if decoded is None:
         loader = DataLoader(
-            ImageDataset(table, eval_transform(preprocess)), batch_size=batch_size, shuffle=False,
+            ImageDataset(table, eval_transform(preprocess), draft=preprocess.draft_size), batch_size=batch_size, shuffle=False,
             num_workers=workers, pin_memory=pin,
         )
     else:

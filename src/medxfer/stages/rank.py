@@ -48,7 +48,7 @@ from medxfer.results import analysis_runs, has_finished_runs, study_tables
 from medxfer.config import config_dir
 from medxfer.scores.isolated import single_thread
 from medxfer import tracking
-from medxfer.cells import hash_parts
+from medxfer.cells import hash_parts, preprocess_identity
 from medxfer.tracking import cell_run, ensure_experiment, setup_tracking
 
 #: Ensembles ``score=`` accepts, with their kind in :mod:`medxfer.analysis.ensembles`.
@@ -387,7 +387,7 @@ def run_rank(cfg: DictConfig, overrides: list[str] | None = None) -> RankResult:
     tags = {"stage": "rank", "study": study, "dataset": dataset_name, "score": score, "model": "all", "split": SPLIT,
             "cell": hash_parts({"stage": "rank", "models": list(models), "dataset": dataset_name,
                              "split_digest": table.digest(), "score": score, "scores": names,
-                             "preprocess": c["preprocess"]})}
+                             "preprocess": preprocess_identity(c["preprocess"])})}
     if csv_file:
         tags["dataset_csv"] = str(csv_file)
     ours = (ScoreWarning, EnsembleWarning)

@@ -22,6 +22,8 @@ class PrepareTracking(Callback):
     """Check the tracking URI answers and create the stage's experiment before jobs start."""
 
     def _prepare(self, config: DictConfig) -> None:
+        if config.get("reference"):  # medxfer-analyze reference=...: a published table, no tracking store
+            return
         tracking = OmegaConf.to_container(config.tracking, resolve=True)
         setup_tracking(tracking["uri"])
         ensure_experiment(tracking["experiment"], tracking.get("artifact_root"))

@@ -50,6 +50,6 @@ def make_loader(table: SampleTable, preprocess: Preprocess, *, train: bool, batc
     drop_last = train and len(table) % batch_size == 1 and len(table) > batch_size
     workers = resolve_num_workers(num_workers, option="finetune.num_workers", batches=batches_of(len(table), batch_size))
     return DataLoader(
-        ImageDataset(table, transform), batch_size=batch_size, shuffle=train, num_workers=workers,
+        ImageDataset(table, transform, draft=preprocess.draft_size), batch_size=batch_size, shuffle=train, num_workers=workers,
         drop_last=drop_last, persistent_workers=workers > 0, pin_memory=uses_gpu(accelerator),
     )
