@@ -27,7 +27,8 @@ def run_data(cfg: DictConfig) -> DataReport:
     with contextlib.redirect_stdout(sys.stderr):
         data = load_dataset(dataset, check_splits=False)
     return audit_dataset(
-        data, by_group=bool((dataset.get("split") or {}).get("by_group", True)), group_column=dataset.get("group_col"),
+        data, by_group=bool((dataset.get("split") or {}).get("by_group", True)),
+        group_column=(dataset.get("group_table") or {}).get("group") or dataset.get("group_col"),
         ood_group_column=(dataset.get("ood") or {}).get("group_col"), images=c["images"], workers=int(c["workers"]),
     )
 

@@ -156,6 +156,7 @@ def run_finetune(
     tags = {
         **cell.tags(), "study": c["study"], "weights_source": weights.kind,
         "weights_digest": weights_digest, "split_digest": data.digest(), **model_tags(spec, dataset_name),
+        **data.run_tags(),
         **{str(k): str(v) for k, v in (c.get("tags") or {}).items()},
     }
     if resume is not None:

@@ -65,7 +65,7 @@ def run_score(cfg: DictConfig, overrides: list[str] | None = None, *, use_cache:
 
     spec = ModelSpec.from_config(c["model"])
     weights = resolve_weights(spec, cache_dir=c["paths"]["cache_dir"], allow_noncommercial=bool((c.get("zoo") or {}).get("allow_noncommercial")))
-    data = load_dataset(c["dataset"])
+    data = load_dataset(c["dataset"], needed=[s for s in splits if s != "ood"] or splits)  # an absent OOD set is named
     if "ood" in splits and data.ood is None:
         print(f"{label}: the dataset has no out-of-distribution set; skipping split ood", flush=True)
         splits.remove("ood")
@@ -98,7 +98,7 @@ def run_score(cfg: DictConfig, overrides: list[str] | None = None, *, use_cache:
         cell, table = cells[split], tables[split]
         tags = {
             **cell.tags(), "study": c["study"], "weights_source": weights.kind, "weights_digest": weights_digest,
-            "split_digest": table.digest(), **model_tags(spec, dataset_name),
+            "split_digest": table.digest(), **model_tags(spec, dataset_name), **data.run_tags(),
             **({"scores_not_applicable": ",".join(not_applicable)} if not_applicable else {}),
             **{str(k): str(v) for k, v in (c.get("tags") or {}).items()},
         }
