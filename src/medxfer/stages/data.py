@@ -10,7 +10,9 @@ import sys
 from omegaconf import DictConfig, OmegaConf
 
 from medxfer.data.audit import DataReport, audit_dataset, format_report
+from medxfer.cells import digest_store
 from medxfer.data.datasets import load_dataset
+from medxfer.data.fetch import fetch_dataset
 
 FORMATS = ("text", "json")
 
@@ -38,3 +40,15 @@ def render(report: DataReport, fmt: str) -> str:
     if fmt == "json":
         return json.dumps(report.as_dict(), indent=2)
     return format_report(report)
+
+
+def run_fetch(cfg: DictConfig) -> dict[str, int]:
+    """``medxfer-data fetch <dataset>``: download the dataset's pinned public archive and place its files, checked,
+    under ``dataset.root`` (:func:`medxfer.data.fetch.fetch_dataset`); a dataset without one is an error saying
+    where to get it."""
+    c = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    dataset = c["dataset"]
+    return fetch_dataset(
+        dataset["name"], dataset["root"], url=(c.get("fetch") or {}).get("url"), progress=c.get("progress"),
+        digests=digest_store(c["paths"]["cache_dir"]), hint=dataset.get("download_hint"),
+    )
