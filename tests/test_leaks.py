@@ -176,3 +176,33 @@ def test_a_split_no_stage_needs_may_be_absent_a_needed_one_may_not(tmp_path):
     assert data.leaks.identical == {"val_in_train": 1} and "leak/test_in_train" not in data.run_tags()
     with pytest.raises(DataError, match=r"4 image file\(s\) missing \(test 4 of 4\)"):
         load_dataset(_node(tmp_path))  # fine-tuning tests on it
+
+
+def test_finetune_runs_without_an_absent_ood_set_and_tags_the_run(tmp_path, project):
+    import mlflow
+
+    from medxfer.stages.finetune import run_finetune
+
+    data_root = tmp_path / "tree"
+    extra = _with_ood(data_root, present=0)
+    cfg = compose_config("finetune", [
+        "model=efficientnet_lite0", "preprocess.input_size=32", "preprocess.resize=32", "dataset=files",
+        f"dataset.root={data_root}", "dataset.split.by_group=false", *extra, "trial=1", "finetune.max_epochs=1",
+        "finetune.batch_size=4", "finetune.progress=false", "ood_scores=[]",
+    ])
+    result = run_finetune(cfg)
+    assert "test/bal_acc" in result.metrics and not any(k.startswith("ood/") for k in result.metrics)
+    mlflow.set_tracking_uri(f"sqlite:///{project}/mlruns/mlflow.db")
+    (run,) = mlflow.search_runs(experiment_names=["default/finetune"], output_format="list")
+    assert run.data.tags["absent_splits"] == "ood"
+    assert run.data.tags["leak/test_in_train"] == "1" and run.data.params["n_ood"] == "0"
+
+
+def test_a_synthetic_ood_set_is_generated_not_called_absent(tmp_path):
+    from omegaconf import OmegaConf
+
+    from conftest import TINY
+
+    cfg = compose_config("data", ["dataset=synthetic_mri", f"paths.data_dir={tmp_path}", *TINY[:6]])
+    data = load_dataset(OmegaConf.to_container(cfg.dataset, resolve=True))
+    assert data.ood is not None and len(data.ood) > 0 and data.absent == {} and data.run_tags() == {}

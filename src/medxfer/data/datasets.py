@@ -129,7 +129,7 @@ def _read_ood(cfg: dict[str, Any], from_files: bool, split_cfg: dict[str, Any], 
                 "set dataset.ood.source=csv"
             )
         ood_spec = dataclasses.replace(ood_spec, csv=str(split_file(split_cfg, "ood", name)))
-    if check and not ood_spec.root.exists():
+    if check and ood_spec.source != "synthetic" and not ood_spec.root.exists():  # synthetic: made on first use
         absent["ood"] = f"OOD set {ood_cfg['name']}: {ood_spec.root} does not exist: OOD metrics are not computed"
         return None
     ood_data = read_source(ood_spec)
