@@ -56,6 +56,21 @@ def zoo_cache() -> str:
     return os.environ.get("MEDXFER_CACHE_DIR") or str(Path(__file__).resolve().parents[1] / ".cache" / "medxfer")
 
 
+#: The one setting that says where the real medical images are (README of ../shared/data); tests that need them
+#: skip, saying so, when the folder is not there.
+REAL_DATA_ENV = "MEDXFER_SHARED_DATA"
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """The folder of real medical images: ``$MEDXFER_SHARED_DATA``, else ``../shared/data`` beside the project
+    root. Skips the test when it has no ``brain_tumor_kaggle/``."""
+    root = Path(os.environ.get(REAL_DATA_ENV) or Path(__file__).resolve().parents[1] / ".." / "shared" / "data")
+    if not (root / "brain_tumor_kaggle").is_dir():
+        pytest.skip(f"no real medical images at {root} (set {REAL_DATA_ENV}=/path/to/shared/data)")
+    return root.resolve()
+
+
 @pytest.fixture(scope="session")
 def shared_data_dir(tmp_path_factory) -> Path:
     """Synthetic images generated once per test session and reused (generation is deterministic)."""

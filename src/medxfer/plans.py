@@ -13,10 +13,10 @@ Plans of one process share a :class:`Sources`: each dataset is read, and each mo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 from medxfer.cells import Cell, digest_store, finetune_cell, score_cell, split_name, splits_digest, weights_identity
-from medxfer.data.datasets import load_dataset
+from medxfer.data.datasets import NEEDED, load_dataset
 from medxfer.scores.options import score_names, score_options
 
 if TYPE_CHECKING:
@@ -40,15 +40,16 @@ class Sources:
         self.cache_dir = cache_dir
         self.listing = listing
         self.digests = digest_store(cache_dir)
-        self._data: dict[str, DatasetSplits] = {}
+        self._data: dict[tuple[str, tuple[str, ...]], DatasetSplits] = {}
         self._data_digest: dict[str, str] = {}
         self._weights: dict[tuple[str, bool], tuple[ModelSpec, ResolvedWeights, str]] = {}
 
-    def data(self, dataset: dict[str, Any]) -> "DatasetSplits":
-        """The splits of the dataset config ``dataset``."""
-        key = _key(dataset)
+    def data(self, dataset: dict[str, Any], needed: Iterable[str] = NEEDED) -> "DatasetSplits":
+        """The splits of the dataset config ``dataset``; a split not in ``needed`` whose files are missing is left
+        out and named (:func:`medxfer.data.datasets.load_dataset`)."""
+        key = (_key(dataset), tuple(sorted(needed)))
         if key not in self._data:
-            self._data[key] = load_dataset(dataset)
+            self._data[key] = load_dataset(dataset, needed=needed)
         return self._data[key]
 
     def data_digest(self, dataset: dict[str, Any]) -> str:
@@ -118,7 +119,8 @@ def score_plan(c: dict[str, Any], sources: Sources | None = None, settings: Scor
     settings = settings or score_settings(c)
     splits, names, options = settings.splits, settings.names, settings.options
     spec, weights, weights_id = sources.weights(c["model"], _allow_noncommercial(c))
-    data = sources.data(c["dataset"])
+    # an OOD set not on disk is named and left out, unless it is the only split asked for
+    data = sources.data(c["dataset"], needed=[s for s in splits if s != "ood"] or splits)
     absent = [s for s in splits if s == "ood" and data.ood is None]
     tables = {s: data.train if s == "train" else data.ood for s in splits if s not in absent}
     cells = {s: score_cell(c, s, table, names, options, weights_id, sources.digests) for s, table in tables.items()}

@@ -160,7 +160,7 @@ def _joined(scores: pd.DataFrame, selected: pd.DataFrame, missing: list[str]) ->
     ood = _long(selected, OOD_SCORE_PREFIX, "metrics.ood/bal_acc")
     leaks = []
     if len(scores) and "tags.leaks_into_dataset" in scores.columns:
-        flagged = scores[scores["tags.leaks_into_dataset"] == "true"]
+        flagged = scores[scores["tags.leaks_into_dataset"].isin(["true", "head"])]  # head: its head-based scores
         leaks = sorted(set(zip(flagged["tags.model"], flagged["tags.dataset"])))
     not_applicable: dict[str, set[str]] = {}
     if len(scores) and "tags.scores_not_applicable" in scores.columns:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from medxfer.data.leaks import leak_summary
 from medxfer.data.splits import groups_across_splits, samples_across_splits
 from medxfer.data.tables import DatasetSplits, SampleTable
 
@@ -34,17 +35,24 @@ class DataReport:
         problems: one dict per problem, with ``kind`` (``missing_file``, ``unreadable_image``,
             ``image_in_several_splits``, ``group_in_several_splits``, ``empty_split``, ``class_not_in_train``)
             and the split, file, group or class concerned.
+        leaks: the leaks between given splits (``split.source=files``; :func:`medxfer.data.leaks.leak_summary`):
+            counted and listed, not problems (``dataset.leaks=keep`` reads the splits as published).
+        absent: split -> why it is left out (none of its files are there, e.g. an OOD set not downloaded); the
+            stages run without it, so it is not a problem.
     """
 
     dataset: str
     counts: dict[str, dict[str, int] | None]
     groups: dict[str, Any]
     problems: list[dict[str, Any]] = field(default_factory=list)
+    leaks: dict[str, Any] | None = None
+    absent: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """``{"train": {"<class>": n, ...}, "val": ..., "test": ..., "ood": ..., "groups": ..., "problems": [...],
-        "dataset": name}``: the JSON that ``medxfer-data format=json`` prints."""
-        return {**self.counts, "groups": self.groups, "problems": self.problems, "dataset": self.dataset}
+        "leaks": {...} or null, "dataset": name}``: the JSON that ``medxfer-data format=json`` prints."""
+        return {**self.counts, "groups": self.groups, "problems": self.problems, "leaks": self.leaks,
+                "absent": self.absent, "dataset": self.dataset}
 
 
 def _image_problem(path: str, check: str) -> str | None:
@@ -114,7 +122,8 @@ def audit_dataset(data: DatasetSplits, *, by_group: bool = True, group_column: s
                       for s, t in tables.items()},
         "across_splits": across,
     }
-    return DataReport(dataset=data.name, counts=counts, groups=groups, problems=problems)
+    return DataReport(dataset=data.name, counts=counts, groups=groups, problems=problems,
+                      leaks=leak_summary(data.leaks), absent=dict(data.absent))
 
 
 def format_report(report: DataReport, *, limit: int = 20) -> str:
@@ -124,7 +133,8 @@ def format_report(report: DataReport, *, limit: int = 20) -> str:
     lines = [f"dataset {report.dataset}", "split".ljust(7) + "".join(c.rjust(width) for c in [*classes, "total"])]
     for split, counts in report.counts.items():
         if counts is None:
-            lines.append(f"{split:<7}" + "(none)".rjust(width))
+            lines.append(f"{split:<7}" + (f"  (absent: {report.absent[split]})" if split in report.absent
+                                          else "(none)".rjust(width)))
             continue
         lines.append(f"{split:<7}" + "".join(str(counts[c]).rjust(width) for c in classes)
                      + str(sum(counts.values())).rjust(width))
@@ -141,6 +151,7 @@ def format_report(report: DataReport, *, limit: int = 20) -> str:
         lines.append(f"groups ({g['column']}): {per}{note}")
     if g["per_split"].get("ood") is not None:
         lines.append(f"OOD groups ({g['ood_column']}): {g['per_split']['ood']}")
+    lines += _leak_lines(report)
     if not report.problems:
         lines.append("problems: none")
         return "\n".join(lines)
@@ -155,3 +166,35 @@ def format_report(report: DataReport, *, limit: int = 20) -> str:
         if len(items) > limit:
             lines.append(f"    ... {len(items) - limit} more (format=json lists every one)")
     return "\n".join(lines)
+
+
+def _leak_lines(report: DataReport) -> list[str]:
+    leaks = report.leaks
+    if leaks is None:
+        return []
+    sizes = {s: sum(c.values()) for s, c in report.counts.items() if c is not None}
+    if leaks["dropped"]:  # the counts above are after the drop: the given splits were larger
+        sizes = {s: n + leaks["dropped"].get(s, 0) for s, n in sizes.items()}
+    found = {**leaks["identical"], "train_copies": leaks["train_copies"], **(leaks["groups"] or {})}
+    if not any(found.values()):
+        return [f"leaks (dataset.leaks={leaks['policy']}): none between the given splits"]
+    what = ("kept as published" if leaks["policy"] == "keep"
+            else "removed: " + ", ".join(f"{n} {s}" for s, n in leaks["dropped"].items()))
+    lines = [f"leaks (dataset.leaks={leaks['policy']}: {what}; counts over the splits as given)"]
+    for key, n in found.items():
+        if not n:
+            continue
+        eg = ", ".join(leaks["examples"].get(key, []))
+        if key == "train_copies":
+            text = f"{n} training images are byte-identical copies of another training image"
+        elif "_groups_in_" in key:
+            split, other = key.split("_groups_in_")
+            text = (f"{n} of {sizes.get(split, '?')} {split} images have a group ({leaks['group_counts'][key]} "
+                    f"groups) with an image in {other}")
+        else:
+            split, other = key.split("_in_")
+            text = f"{n} of {sizes.get(split, '?')} {split} images are byte-identical to a {other} image"
+        lines.append(f"  {key}: {text}" + (f", e.g. {eg}" if eg else ""))
+    if leaks["conflicts"]:
+        lines.append(f"  conflicts: {leaks['conflicts']} groups of identical images carry different labels")
+    return lines

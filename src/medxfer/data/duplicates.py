@@ -11,7 +11,6 @@ and only files that share a size are read and hashed.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections import defaultdict
@@ -21,6 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from medxfer.data.tables import DataError
+from medxfer.digests import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +35,6 @@ def check_policy(policy: str | None, dataset: str) -> str:
     if policy not in POLICIES:
         raise DataError(f"dataset {dataset!r}: dataset.duplicates={policy!r}; expected one of {list(POLICIES)}")
     return policy
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def identical_files(paths: Sequence[Path]) -> dict[int, int]:
@@ -61,7 +53,7 @@ def identical_files(paths: Sequence[Path]) -> dict[int, int]:
         seen: dict[str, int] = {}
         for i in candidates:
             try:
-                digest = _file_digest(Path(paths[i]))
+                digest = file_sha256(paths[i])
             except OSError:
                 continue
             if digest in seen:

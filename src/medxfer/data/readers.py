@@ -11,6 +11,7 @@ Supported sources (``source:`` in a dataset config):
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +65,7 @@ class SourceSpec:
 def source_from_config(node: dict[str, Any]) -> SourceSpec:
     """Make a :class:`SourceSpec` from a plain dict (a resolved dataset or dataset.ood config node)."""
     known = set(SourceSpec.__dataclass_fields__)
-    ignored = {"split", "ood", "max_samples", "description"}
+    ignored = {"split", "ood", "max_samples", "description", "licence", "leaks", "group_table"}
     unknown = sorted(set(node) - known - ignored - {"medmnist"})
     if unknown:
         raise DataError(f"dataset {node.get('name')!r}: unknown config keys {unknown}; known: {sorted(known)}")
@@ -260,7 +261,10 @@ def read_medmnist(spec: SourceSpec) -> dict[str, SampleTable]:
         if lab.ndim == 2 and lab.shape[1] > 1:
             raise DataError(f"{path}: {split}_labels has {lab.shape[1]} columns (multi-label); medxfer needs one label per image")
         all_labels.append(lab.reshape(-1))
-    codes, names = encode_labels([str(v) for v in np.concatenate(all_labels)], str(path))
+    raw = [str(v) for v in np.concatenate(all_labels)]
+    if spec.label_map:
+        raw = [spec.label_map.get(v, v) for v in raw]
+    codes, names = encode_labels(raw, str(path), spec.classes)
     start = 0
     for split, lab in zip(("train", "val", "test"), all_labels):
         images = arrays[f"{split}_images"]
@@ -272,3 +276,39 @@ def read_medmnist(spec: SourceSpec) -> dict[str, SampleTable]:
         )
         start += len(lab)
     return tables
+
+
+def read_group_table(root: Path, node: dict[str, Any], dataset: str) -> dict[str, str]:
+    """Image id -> group from a metadata table (``dataset.group_table``: ``csv``, under ``root`` unless absolute;
+    ``key``, the column of image ids; ``group``, the column of groups), e.g. HAM10000's ``image_id`` ->
+    ``lesion_id``. A table that is missing, lacks a column, or gives one image two groups is an error."""
+    for k in ("csv", "key", "group"):
+        if not node.get(k):
+            raise DataError(f"dataset {dataset!r}: dataset.group_table.{k} is not set (csv, key and group are needed)")
+    path = Path(str(node["csv"])).expanduser()
+    path = path if path.is_absolute() else root / path
+    if not path.is_file():
+        raise DataError(f"dataset {dataset!r}: group table {path} (dataset.group_table.csv) not found")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not a readable CSV file: {err}") from None
+    missing = [node[k] for k in ("key", "group") if node[k] not in df.columns]
+    if missing:
+        raise DataError(f"{path}: no column {missing[0]!r} (dataset.group_table); columns are {list(df.columns)}")
+    groups: dict[str, str] = {}
+    for row, (key, group) in enumerate(zip(df[node["key"]], df[node["group"]]), start=2):
+        if groups.setdefault(key, group) != group:
+            raise DataError(f"{path} row {row}: image {key!r} has group {group!r} here and {groups[key]!r} earlier")
+    return groups
+
+
+def with_group_table(table: SampleTable, groups: dict[str, str], source: str) -> SampleTable:
+    """``table`` with each image's group looked up by its file name without extension; an image the table does
+    not list is an error naming it."""
+    keys = [Path(i).stem for i in table.ids]
+    unknown = [i for i, k in enumerate(keys) if k not in groups]
+    if unknown:
+        raise DataError(f"{table.name}: {len(unknown)} image(s) have no row in the group table {source}, e.g. "
+                        f"{table.ids[unknown[0]]} (looked up as {keys[unknown[0]]!r})")
+    return dataclasses.replace(table, groups=np.array([groups[k] for k in keys], dtype=object))

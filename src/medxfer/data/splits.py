@@ -120,8 +120,9 @@ def read_split_files(spec: SourceSpec, split_cfg: dict[str, Any]) -> dict[str, S
     if not spec.root.is_dir():
         raise missing_data_error(spec, spec.root)
     paths = {key: split_file(split_cfg, key, spec.name) for key in SPLIT_FILE_KEYS}  # all there before any is read
-    # within a file, the same path twice follows dataset.duplicates; files with equal bytes are not looked for:
-    # published splits are used as given (an image in two files is refused by check_split_files)
+    # within a file, the same path twice follows dataset.duplicates; files with equal bytes are leaks, counted
+    # (and removed under dataset.leaks=drop_leaked) by medxfer.data.leaks; the same path in two files is refused
+    # by check_split_files
     tables = {key: read_csv(dataclasses.replace(spec, name=f"{spec.name}/{key}", csv=str(path)), contents=False)
               for key, path in paths.items()}
     classes = spec.classes or tuple(sorted({c for t in tables.values() for c in t.class_names}))

@@ -11,6 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -146,12 +147,29 @@ class DatasetSplits:
     ood: SampleTable | None
     class_names: tuple[str, ...]
     label_mapping: dict[str, int]
+    #: split -> why it is not read (its files are not there and no stage asked for it), e.g. the OOD set
+    absent: dict[str, str] = field(default_factory=dict)
+    #: the leaks between given splits (:class:`medxfer.data.leaks.LeakReport`), None for random splits
+    leaks: Any = None
+
+    def run_tags(self) -> dict[str, str]:
+        """Tags every run on this data carries: ``absent_splits`` and ``absent/<split>`` (why a split is not
+        read), and the leak counts of given splits (``leak/test_in_train``, ...; see
+        :meth:`medxfer.data.leaks.LeakReport.tags`)."""
+        tags = {}
+        if self.absent:
+            tags["absent_splits"] = ",".join(self.absent)
+            tags.update({f"absent/{k}": v[:4000] for k, v in self.absent.items()})
+        if self.leaks is not None:
+            tags.update(self.leaks.tags())
+        return tags
 
     def split(self, name: str) -> SampleTable:
         table = {"train": self.train, "val": self.val, "test": self.test, "ood": self.ood}.get(name)
         if table is None:
             if name == "ood":
-                raise DataError(f"dataset {self.name!r} has no out-of-distribution set (dataset.ood is null)")
+                why = self.absent.get("ood", "dataset.ood is null")
+                raise DataError(f"dataset {self.name!r} has no out-of-distribution set ({why})")
             raise DataError(f"unknown split {name!r}; expected one of train, val, test, ood")
         return table
 

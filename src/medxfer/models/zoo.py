@@ -67,7 +67,10 @@ class ModelSpec:
     pretraining: str | None = None
     licence: str | None = None
     commercial: bool = True
-    leaks_into: list[str] = field(default_factory=list)
+    #: dataset name -> which part of the model saw that dataset's images: ``weights`` (the features: every score
+    #: and the fine-tuned accuracy leak) or ``head`` (only the source head, over a backbone that did not train on
+    #: them: the scores that read its probabilities leak). A list in a config means ``weights`` for each name.
+    leaks_into: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, node: dict[str, Any]) -> "ModelSpec":
@@ -77,7 +80,8 @@ class ModelSpec:
             raise ModelError(f"model {node.get('name')!r}: unknown config keys {unknown}; known: {sorted(known)}")
         if not node.get("arch"):
             raise ModelError(f"model {node.get('name')!r}: model.arch (a timm architecture name) is not set")
-        node = {**node, "arch_kwargs": dict(node.get("arch_kwargs") or {}), "leaks_into": list(node.get("leaks_into") or [])}
+        node = {**node, "arch_kwargs": dict(node.get("arch_kwargs") or {}),
+                "leaks_into": _leaks(node.get("leaks_into"), node.get("name"))}
         spec = cls(**node)
         spec.head_size  # validates ``head``
         return spec
@@ -290,22 +294,42 @@ def create_model(spec: ModelSpec, weights: ResolvedWeights | None = None) -> nn.
     return model.eval()
 
 
+LEAK_PARTS = ("weights", "head")
+
+
+def _leaks(value: Any, model: Any) -> dict[str, str]:
+    """``model.leaks_into`` as dataset -> ``weights`` | ``head``, checked."""
+    if not value:
+        return {}
+    leaks = {str(d): "weights" for d in value} if isinstance(value, (list, tuple)) else {
+        str(d): str(part) for d, part in dict(value).items()}
+    bad = {d: p for d, p in leaks.items() if p not in LEAK_PARTS}
+    if bad:
+        raise ModelError(f"model {model!r}: model.leaks_into {bad}: each dataset maps to one of {list(LEAK_PARTS)}")
+    return leaks
+
+
 def model_tags(spec: ModelSpec, dataset: str | None = None) -> dict[str, str]:
     """Tags every run of this model carries: licence, source head, what the weights were trained on, and
-    ``leaks_into_dataset=true`` when the weights were trained on data that overlaps ``dataset``."""
+    ``leaks_into_dataset`` when the model saw data that overlaps ``dataset``: ``true`` when its weights did,
+    ``head`` when only its source head did (then only the scores that read the head's probabilities leak)."""
     tags = {"licence": spec.licence or "unknown", "source_head": spec.head}
     if spec.pretraining:
         tags["pretraining"] = spec.pretraining[:250]
     if dataset is not None and dataset in spec.leaks_into:
-        tags["leaks_into_dataset"] = "true"
+        tags["leaks_into_dataset"] = "true" if spec.leaks_into[dataset] == "weights" else "head"
     return tags
 
 
 def warn_if_leaking(spec: ModelSpec, dataset: str) -> None:
-    """Warn when the weights were trained on data that overlaps the dataset about to be scored or fine-tuned."""
-    if dataset in spec.leaks_into:
+    """Warn when the model was trained on data that overlaps the dataset about to be scored or fine-tuned."""
+    if spec.leaks_into.get(dataset) == "weights":
         log.warning("model %s was trained on data that overlaps dataset %s (model.leaks_into): its scores and "
                     "accuracy there are not a transfer result; the analysis marks this cell", spec.name, dataset)
+    elif spec.leaks_into.get(dataset) == "head":
+        log.warning("model %s's source head was trained on data that overlaps dataset %s (model.leaks_into): its "
+                    "scores that read the head's probabilities are not a transfer result; the analysis marks this "
+                    "cell", spec.name, dataset)
 
 
 def model_data_config(model: nn.Module, spec: ModelSpec | None = None) -> dict[str, Any]:

@@ -133,8 +133,8 @@ def run_finetune(
         except (RuntimeError, KeyError, TypeError) as err:  # e.g. truncated when the machine went down
             log.warning("cannot resume from %s (%s); training trial %s from the start", resume, err, trial)
             resume = None
-    tags = cell.tags(c["study"], extra={"weights_source": plan.weights.kind, **model_tags(spec, dataset_name)},
-                     user=c.get("tags"))
+    tags = cell.tags(c["study"], extra={"weights_source": plan.weights.kind, **model_tags(spec, dataset_name),
+                                        **plan.data.run_tags()}, user=c.get("tags"))
     if resume is not None:
         tags["resumed_from_epoch"] = str(resume_epoch)
     t_start = time.perf_counter()

@@ -83,7 +83,7 @@ def run_score_plan(plan: ScorePlan, experiment_id: str, overrides: list[str] | N
     model, preprocess = model_and_preprocess(spec, plan.weights, c["preprocess"], dataset_name)
     cache = FeatureCache(c["paths"]["cache_dir"] + "/features") if use_cache else None
     decoded = decoded_cache_for(c["extract"], c["paths"]["cache_dir"]) if use_cache else None
-    extra = {"weights_source": plan.weights.kind, **model_tags(spec, dataset_name),
+    extra = {"weights_source": plan.weights.kind, **model_tags(spec, dataset_name), **plan.data.run_tags(),
              **({"scores_not_applicable": ",".join(not_applicable)} if not_applicable else {})}
 
     for split in todo:

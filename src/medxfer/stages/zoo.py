@@ -68,7 +68,8 @@ def list_models(fmt: str = "text") -> str:
         if r["pretraining"]:
             lines.append(f"{'':28} trained on: {r['pretraining']}")
         if r["leaks_into"]:
-            lines.append(f"{'':28} overlaps: {', '.join(r['leaks_into'])}")
+            lines.append(f"{'':28} overlaps: " + ", ".join(
+                d + (" (source head only)" if part == "head" else "") for d, part in r["leaks_into"].items()))
     return "\n".join(lines)
 
 
