@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from medxfer.data.readers import read_source, source_from_config
+from medxfer.data.readers import check_two_classes, path_source, read_source, source_from_config
 from medxfer.data.splits import (
     check_images_exist, check_split_files, read_split_files, split_file, split_source, split_table, stratified_subsample,
 )
@@ -21,9 +21,13 @@ def load_dataset(cfg: dict[str, Any], *, check_splits: bool = True) -> DatasetSp
     ``split.val``, ``split.test`` when ``split.source`` is ``files`` (published splits), otherwise from a seeded
     stratified, group-aware split (``cfg["split"]``).  ``cfg["ood"]``, when set, describes the
     out-of-distribution test set (with ``split.source: files``, ``split.ood`` names its CSV file); its classes
-    must exist in the training data (use ``label_map`` to map them).  Given split files that share an image or
+    must exist in the training data (use ``label_map`` to map them). A ``source: path`` node (``dataset.path=``) is
+    read as the ``csv`` or ``folder`` node it stands for (:func:`medxfer.data.readers.path_source`), and must hold
+    two classes at least.  Given split files that share an image or
     (``split.by_group``) a group are refused unless ``check_splits`` is false (``medxfer-data`` reports them).
     """
+    given = cfg.get("path") if cfg.get("source") == "path" else None
+    cfg = path_source(cfg)
     name = cfg["name"]
     spec = source_from_config(cfg)
     split_cfg = dict(cfg.get("split") or {})
@@ -31,6 +35,8 @@ def load_dataset(cfg: dict[str, Any], *, check_splits: bool = True) -> DatasetSp
     data = read_split_files(spec, split_cfg) if from_files else read_source(spec)
     if from_files and check_splits:
         check_split_files(data, split_cfg, name, spec.group_col)
+    if given is not None and not isinstance(data, dict):
+        check_two_classes(data, f"dataset.path={given}")
     if isinstance(data, dict):
         tables = data
     else:
