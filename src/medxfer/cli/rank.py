@@ -54,13 +54,13 @@ def model_configs(names: Any) -> dict[str, dict[str, Any]]:
 def rank_inputs(cfg: DictConfig):
     """The stage's :class:`medxfer.stages.rank.RankInputs` for the composed rank config: the study's grid and the
     settings of its score cells (:func:`medxfer.cli._study.study_settings`), and the config of each model
-    (``models``, else the study's)."""
-    from medxfer.stages.rank import RankInputs
-
+    (``models``, else the study's). Composed before the stage's libraries load, so a typo fails at once."""
     c = OmegaConf.to_container(cfg, resolve=True)
     study = study_settings(c)
-    return RankInputs(model_configs(c.get("models") or study.config["models"]), study.config, study.preprocess,
-                      study.options)
+    models = model_configs(c.get("models") or study.config["models"])
+    from medxfer.stages.rank import RankInputs
+
+    return RankInputs(models, study.config, study.preprocess, study.options)
 
 
 def _dataset_path_hint(args: list[str]) -> None:
@@ -76,9 +76,10 @@ def _dataset_path_hint(args: list[str]) -> None:
 @reports_errors
 def _main(cfg: DictConfig) -> None:
     filter_known_warnings()
-    from medxfer.stages.rank import run_rank  # after composing: a typo fails before torch loads
+    inputs = rank_inputs(cfg)
+    from medxfer.stages.rank import run_rank
 
-    run_rank(cfg, rank_inputs(cfg), overrides=task_overrides())
+    run_rank(cfg, inputs, overrides=task_overrides())
 
 
 def main() -> None:

@@ -177,8 +177,9 @@ def _interval(lo: Any, hi: Any) -> str:
 # --- the ranker asked for ------------------------------------------------------------------------------------------
 
 def requested_ranker(score: dict[str, Any]) -> tuple[str, list[str]]:
-    """``(ranker, scores)`` of the ``score`` config node: ``auto``, an ensemble of ``names``, or the one score of
-    ``names``; names are checked against the registry."""
+    """``(ranker, scores)`` of the ``score`` config node, names checked against the registry: ``auto`` with no
+    scores (choose among every ranker of the evidence), ``auto`` with several scores and no ``ranker`` (e.g.
+    ``score=paper``: choose among those), an ensemble of ``names``, a baseline, or the one score of ``names``."""
     ranker = score.get("ranker")
     if ranker == "auto":
         return "auto", []
@@ -191,11 +192,10 @@ def requested_ranker(score: dict[str, Any]) -> tuple[str, list[str]]:
         return str(ranker), []
     if ranker is not None:
         raise RankError(f"score.ranker={ranker!r}: expected auto, {', '.join(ENSEMBLE_KINDS)}, "
-                        f"{', '.join(BASELINES)}, or none (rank by the one score of score.names)")
-    if len(names) != 1:
-        raise RankError(f"score.names has {len(names)} scores; rank by one (score=<name>), an ensemble of them "
-                        "(score=ens_rank|ens_z|ens_linear score.names=[...]), or score=auto")
-    return names[0], names
+                        f"{', '.join(BASELINES)}, or none (rank by the score of score.names, or the best of them)")
+    if not names:
+        raise RankError("score.names is empty; give a score (score=<name>) or score=auto")
+    return (names[0], names) if len(names) == 1 else ("auto", list(dict.fromkeys(names)))
 
 
 # --- the evidence ---------------------------------------------------------------------------------------------------
@@ -278,6 +278,8 @@ def resolve_ranker(requested: str, scores: list[str], evidence: Evidence | None,
                   if (r.kind != "baseline" or len(set(evidence.baseline_values.get(r.ranker, {})) & set(models)) >= 2)
                   and (r.ranker != "ens_linear" or evidence.linear_weights)}
     if requested == "auto":
+        if scores:  # score=paper and the like: the best of these scores
+            usable = set(scores) if usable is None else usable & set(scores)
         if evidence is None:
             raise RankError("score=auto picks the ranker from the evidence, and there is none under these settings; "
                             "pass score=<name> (e.g. score=logme), or leave preprocess and score options at the "
@@ -372,11 +374,11 @@ def run_rank(cfg: DictConfig, inputs: RankInputs, overrides: list[str] | None = 
             warnings.simplefilter("always", ScoreWarning)
             warnings.simplefilter("always", EnsembleWarning)
             values, draws, cached = _model_values(ranker, models, specs, weights, table, name, preprocess, c)
+            ranked = _ranking(ranker, values, draws, float(c["rank"]["bootstrap"]["level"]))
         for w in caught:  # other warnings are shown as usual
             if not issubclass(w.category, ours):
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         notes += list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, ours)))
-        ranked = _ranking(ranker, values, draws, float(c["rank"]["bootstrap"]["level"]))
         lacking = [m for m in models if m not in values]
         if lacking:
             notes.append(f"{ranker.name} has no value for {', '.join(lacking)} (not in the study): not ranked")
