@@ -447,8 +447,9 @@ def _model_values(ranker: Ranker, models: dict[str, dict[str, Any]], specs: dict
                                            device=r.get("device"), options=options)
             except ScoreError as err:
                 raise RankError(f"model {m}: {err}") from err
-            draws[m] = resampled_scores(feats.features, table.labels, feats.probs, ranker.scores, n=int(boot["n"]),
-                                        seed=int(boot["seed"]), device=r.get("device"), options=options)
+        # the draws only shape an interval: they need not reproduce to the last bit, so they may use every thread
+        draws[m] = resampled_scores(feats.features, table.labels, feats.probs, ranker.scores, n=int(boot["n"]),
+                                    seed=int(boot["seed"]), device=r.get("device"), options=options)
         shown = ", ".join(f"{k}={v:.6g}" for k, v in values[m].items())
         print(f"[rank] {i}/{len(specs)} {m}: {shown} (features {'from the cache' if cached[m] else 'extracted'} at "
               f"{resolved.input_size} px, {time.perf_counter() - t0:.1f} s)", flush=True)
