@@ -226,7 +226,9 @@ def test_features_of_a_cell_scored_by_medxfer_score_are_reused(rank_cfg, project
 
     cache = project / "fresh-cache"
     scored = run_score(compose_config("score", [
+        # rank names a CSV dataset after its folder; the feature cache files features under the dataset's name
         "model=efficientnet_lite0", "dataset=csv", f"dataset.root={labels_csv.parent}", "dataset.group_col=group",
+        f"dataset.name={labels_csv.parent.name}",
         "preprocess=smoke", "score=logme", "splits=[train]", f"paths.cache_dir={cache}", "extract.progress=false"]))
 
     # lite0's features come from the score stage's cache; lite1's are extracted: one forward pass in all

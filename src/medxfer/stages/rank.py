@@ -249,6 +249,8 @@ def gather_evidence(c: dict[str, Any], inputs: RankInputs, ranker: str, scores: 
                                      seed=int(c["rank"]["tau_bootstrap"]["seed"]))
             except AnalysisError as err:
                 raise RankError(f"cannot compute the evidence of study {study!r}: {err}") from err
+        notes.append(f"study {study!r} has runs in this tracking store, but none of the cells of its grid (other "
+                     "settings, or study_overrides missing): the shipped evidence is used")
     return shipped_evidence()
 
 
@@ -269,8 +271,8 @@ def other_settings(c: dict[str, Any], preprocess: dict[str, Any], evidence: Evid
     return None
 
 
-def resolve_ranker(requested: str, scores: list[str], evidence: Evidence | None, models: list[str],
-                   c: dict[str, Any]) -> tuple[Ranker, RankerEvidence | None, str]:
+def resolve_ranker(requested: str, scores: list[str], evidence: Evidence | None,
+                   models: list[str]) -> tuple[Ranker, RankerEvidence | None, str]:
     """The ranker to use, its evidence and why it was chosen."""
     usable = None
     if evidence is not None:
@@ -292,10 +294,10 @@ def resolve_ranker(requested: str, scores: list[str], evidence: Evidence | None,
         return _ranker_of(row.ranker, row.scores, evidence), row, choice.reason
     row = evidence.get(requested, scores or None) if evidence is not None else None
     why = "asked for (score=...)"
-    return _ranker_of(requested, scores, evidence, c), row, why
+    return _ranker_of(requested, scores, evidence), row, why
 
 
-def _ranker_of(name: str, scores: list[str], evidence: Evidence | None, c: dict[str, Any] | None = None) -> Ranker:
+def _ranker_of(name: str, scores: list[str], evidence: Evidence | None) -> Ranker:
     if name in BASELINES:
         values = (evidence.baseline_values.get(name) if evidence is not None else None) or {}
         if not values:
@@ -351,7 +353,11 @@ def run_rank(cfg: DictConfig, inputs: RankInputs, overrides: list[str] | None = 
     mismatch = other_settings(c, preprocess, evidence)
     if mismatch:
         notes.append(mismatch)
-    ranker, row, why = resolve_ranker(requested, scores, None if mismatch else evidence, list(models), c)
+    if mismatch and (requested == "auto" or requested == "ens_linear"):
+        raise RankError(f"score={requested} needs the evidence under this ranking's settings, and {mismatch}")
+    # a data-blind baseline's evidence holds whatever the preprocessing
+    applies = evidence if not mismatch or requested in BASELINES else None
+    ranker, row, why = resolve_ranker(requested, scores, applies, list(models))
     _check_scores(ranker, models, c["score"].get("options"))
     where = f" ({dataset_cfg['root']})" if dataset_cfg.get("source") in ("csv", "folder") else ""
     print(f"[rank] dataset {name}{where}: {SPLIT} (training) split, {len(table)} images, {n_classes} classes; "
