@@ -62,11 +62,6 @@ def feature_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
-def _study_overrides(tracked_study) -> str:
-    """``study_overrides=[...]``: the tracked study's grid, so that rank reads exactly its cells."""
-    return "study_overrides=[" + ",".join(f'"{o}"' for o in tracked_study.grid_overrides()) + "]"
-
-
 @pytest.fixture
 def rank_cfg(project, labels_csv, feature_cache):
     def make(*overrides: str, dataset: Path = labels_csv):
@@ -117,7 +112,7 @@ def test_defaults_rank_every_study_model_by_the_tracked_studys_best_ranker(study
 
     analysis = run_analyze(tracked_study.analyze_config("bootstrap.n=200"))
     expected = _expected_choice(analysis.iid)
-    out = _cli([f"dataset.path={image_folder}", _study_overrides(tracked_study), "extract.progress=false",
+    out = _cli([f"dataset.path={image_folder}", tracked_study.rank_study_overrides(), "extract.progress=false",
                 "rank.bootstrap.n=8"], study_project)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     text = out.stdout
@@ -186,7 +181,7 @@ def test_medxfer_evidence_writes_what_rank_reads(study_project, tracked_study, t
     from medxfer.stages.analyze import run_analyze
 
     analysis = run_analyze(tracked_study.analyze_config("bootstrap.n=50"))
-    cfg = compose_config("evidence", [_study_overrides(tracked_study), f"output={tmp_path / 'evidence.json'}"])
+    cfg = compose_config("evidence", [tracked_study.rank_study_overrides(), f"output={tmp_path / 'evidence.json'}"])
     evidence = read_evidence(write_evidence(cfg))
     pooled = analysis.iid[analysis.iid["dataset"] == "ALL"].set_index("score")
     assert set(evidence.rankers) == set(pooled.index)
@@ -265,7 +260,7 @@ def test_another_folder_with_the_same_file_names_and_labels_is_not_read_from_the
 def test_tau_comes_from_the_tracked_study(rank_cfg, study_project, tracked_study):
     from medxfer.stages.analyze import run_analyze
 
-    grid = [_study_overrides(tracked_study)]
+    grid = [tracked_study.rank_study_overrides()]
     # no analysis run yet: computed from the study's score and fine-tune runs
     result = rank(rank_cfg("score=logme", *grid))
     study = study_tables(OmegaConf.to_container(tracked_study.analyze_config(), resolve=True)).iid
