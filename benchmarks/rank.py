@@ -71,8 +71,9 @@ def run(args: list[str], where: Path) -> tuple[float, str]:
     env = {**os.environ, "MEDXFER_ROOT": str(where), "HF_HUB_OFFLINE": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     t0 = time.perf_counter()
+    # the MRI set holds byte-identical copies (../shared/data/README.md): keep the first of each
     proc = subprocess.run([sys.executable, "-m", "medxfer.cli.rank", *args, f"paths.cache_dir={cache}",
-                           "extract.progress=false"], cwd=where, env=env, capture_output=True, text=True)
+                           "extract.progress=false", "dataset.duplicates=drop"], cwd=where, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.exit(f"medxfer-rank {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -102,6 +103,8 @@ def main() -> None:
 
         seconds, out = run([f"dataset.path={folder}", *score], tmp / "new")
         chosen = re.search(r"^ranked by (\S+):", out, flags=re.M)
+        scored = re.search(r"split, (\d+) images", out)
+        print(f"rank scored the training split: {scored.group(1) if scored else '?'} images", flush=True)
         new = per_model(out)
         print(f"\nnow (defaults: the study's preprocessing, decoded images shared, rank intervals): "
               f"{seconds:.1f} s for {len(models)} models, ranked by {chosen.group(1) if chosen else '?'}", flush=True)
