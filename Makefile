@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.medxfer-installed
 HOST   ?= 127.0.0.1
 PORT   ?= 5000
 
-.PHONY: install study test test-slow ui bench bench-extract clean-outputs
+.PHONY: install study test test-slow ui bench bench-extract bench-rank evidence clean-outputs
 
 install: $(STAMP)
 
@@ -37,6 +37,13 @@ bench: $(STAMP)
 
 bench-extract: $(STAMP)
 	$(PY) benchmarks/extract.py
+
+bench-rank: $(STAMP)
+	$(PY) benchmarks/rank.py
+
+# the evidence medxfer-rank ships, regenerated from the default study's newest analysis run in ./mlruns
+evidence: $(STAMP)
+	$(PY) -m medxfer.cli.evidence
 
 clean-outputs:
 	rm -rf outputs .cache/medxfer

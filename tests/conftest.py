@@ -143,8 +143,9 @@ class TrackedStudy:
                 f"paths.data_dir={self.data_dir}", f"paths.cache_dir={self.cache_dir}"]
 
     def rank_study_overrides(self) -> str:
-        """The ``rank.study_overrides`` option that points ``medxfer-rank``'s tau at this study's grid."""
-        return "rank.study_overrides=[" + ",".join(f'"{o}"' for o in self.grid_overrides()) + "]"
+        """The ``study_overrides`` option that points ``medxfer-rank``'s evidence (and ``medxfer-evidence``) at this
+        study's grid."""
+        return "study_overrides=[" + ",".join(f'"{o}"' for o in self.grid_overrides()) + "]"
 
     def analyze_config(self, *overrides: str, models=None, datasets=None) -> DictConfig:
         """The analyze config of this study (or of its ``models`` x ``datasets``) plus ``overrides``."""

@@ -83,7 +83,11 @@ def check_dataset(node: dict) -> None:
     from medxfer.data.readers import source_from_config
     from medxfer.data.splits import SPLIT_FILE_KEYS, split_file, split_source
 
-    spec = source_from_config(node)
+    from medxfer.data.readers import path_source
+
+    if node.get("source") == "path" and node.get("path") in (None, "???"):
+        node = {**node, "path": "/data/mine/labels.csv"}  # ??? until the user says where
+    spec = source_from_config(path_source(node))
     assert spec.source in ("csv", "folder", "medmnist", "synthetic")
     split = dict(node.get("split") or {})
     if split_source(split, node["name"]) == "files":
@@ -133,7 +137,7 @@ def check_study(c: dict) -> None:
 
 @functools.lru_cache(maxsize=None)
 def _rank_models(names: tuple[str, ...]) -> dict:
-    from medxfer.stages.rank import model_configs
+    from medxfer.cli.rank import model_configs
 
     return model_configs(list(names))  # composes each model config: once per list, not once per case
 
@@ -148,10 +152,14 @@ def check(primary: str, cfg) -> None:
     if primary == "score":
         check_score(c["score"], c["model"])
     if primary == "rank":
-        from medxfer.stages.rank import score_names, score_options
+        from medxfer.scores.options import score_options
+        from medxfer.stages.rank import requested_ranker
 
-        models = _rank_models(tuple(c["models"]))
-        score_options(score_names(c["rank"]["score"], c["rank"]["ensemble_scores"]), models, c["rank"]["options"])
+        grid = yaml.safe_load((CONF / "grid" / "default.yaml").read_text())  # models: null = the study's
+        models = _rank_models(tuple(c["models"] or grid["models"]))
+        _, scores = requested_ranker(c["score"])
+        for model in models.values():
+            score_options(c["score"]["options"], model, scores)
     if "preprocess" in c:
         check_preprocess(c["preprocess"])
     if primary == "finetune":
@@ -254,19 +262,21 @@ def test_documented_combinations(cfg_of, primary, overrides):
 
 
 RANK = [
-    ["dataset=/data/mine/labels.csv"],
-    ["dataset=/data/mine/labels.csv", "models=[efficientnet_lite0,efficientnet_lite2]", "score=ens_rank"],
+    ["dataset.path=/data/mine/labels.csv"],
+    ["dataset.path=/data/mine"],
+    ["dataset.path=/data/mine/labels.csv", "dataset.image_col=path", "dataset.label_col=finding",
+     "dataset.group_col=patient", "dataset.split.val=0.2"],
+    ["dataset.path=/data/mine/labels.csv", "models=[efficientnet_lite0,efficientnet_lite2]", "score=ens_rank"],
     ["dataset=synthetic_mri", "score=ens_linear", "study=default"],
-    ["dataset=/data/mine/labels.csv", "score=imagenet_top1"],
+    ["dataset.path=/data/mine/labels.csv", "score=imagenet_top1"],
+    ["dataset.path=/data/mine/labels.csv", "score=ens_z", "score.names=[logme,leep]", "format=json"],
     ["dataset=isic2019", "preprocess=timm"],
 ]
 
 
 @pytest.mark.parametrize("args", RANK, ids=[" ".join(a) for a in RANK])
 def test_documented_rank_command_lines(cfg_of, args):
-    from medxfer.cli.rank import rank_overrides
-
-    check("rank", cfg_of("rank", rank_overrides(args)))
+    check("rank", cfg_of("rank", args))
 
 
 @pytest.mark.parametrize("launcher", ["local_parallel", "slurm", "joblib", "submitit_local", "submitit_slurm", "ray_cluster"])

@@ -21,14 +21,19 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+import yaml
 
 from medxfer import tracking
 from medxfer.analysis.selection import select_trials
 from medxfer.errors import MedxferError
 from medxfer.manifest import Manifest
 from medxfer.training.predictions import ARTIFACT_DIR, Predictions
+
+if TYPE_CHECKING:
+    from medxfer.analysis.evidence import Evidence
 
 SCORE_PREFIX = "metrics.score/"
 OOD_SCORE_PREFIX = "metrics.ood_score/"
@@ -217,6 +222,8 @@ class AnalysisTables:
     ood_table: pd.DataFrame
     weights: pd.DataFrame = field(default_factory=pd.DataFrame)  # linear ensembles' weights per held-out dataset
     figures: list[Path] = field(default_factory=list)  # copied out by read_analysis(figures_dir=...)
+    reliability: pd.DataFrame = field(default_factory=pd.DataFrame)  # empty without per-sample predictions
+    config: dict[str, Any] = field(default_factory=dict)  # the run's resolved analyze config (grid, ensembles)
 
 
 def analysis_runs(study: str, manifest_id: str | None) -> pd.DataFrame:
@@ -274,12 +281,16 @@ def read_analysis(run_id: str, figures_dir: Path | None = None) -> AnalysisTable
                 shutil.copyfile(local, figures_dir / local.name)
                 if folder == "figures":
                     figures.append(figures_dir / local.name)
-    if "correlations_iid" not in frames:
-        return None
+        if "correlations_iid" not in frames:
+            return None
+        try:
+            config = yaml.safe_load(Path(tracking.download_artifact(run_id, "config.yaml", tmp)).read_text()) or {}
+        except Exception:  # noqa: BLE001 - a run without its config: its tables are still its results
+            config = {}
     empty = pd.DataFrame()
     return AnalysisTables(run_id, frames["correlations_iid"], frames.get("table_iid", empty),
                           frames.get("correlations_ood", empty), frames.get("table_ood", empty),
-                          frames.get("ensemble_weights", empty), figures)
+                          frames.get("ensemble_weights", empty), figures, frames.get("reliability", empty), config)
 
 
 def predictions_of(run_id: str, tmp: str) -> Predictions | None:
@@ -288,3 +299,76 @@ def predictions_of(run_id: str, tmp: str) -> Predictions | None:
     if f"{ARTIFACT_DIR}/test.npz" not in tracking.list_artifacts(run_id, ARTIFACT_DIR):
         return None
     return Predictions.load(tracking.download_artifact(run_id, f"{ARTIFACT_DIR}/test.npz", tmp))
+
+
+def medxfer_version() -> str:
+    """The installed medxfer's version (``unknown`` in a checkout that was never installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("medxfer")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def analysis_evidence(study: str, manifest_id: str | None, protocol: dict[str, Any]) -> "Evidence":
+    """The evidence of every ranker of the newest analysis run of ``study`` made from ``manifest_id``
+    (:func:`latest_analysis`; raises :class:`NoAnalysisRun`): its pooled taus, intervals, regrets and ceiling, the
+    baselines' values per model, and ens_linear's weights refitted on every dataset of its table."""
+    from medxfer.analysis.ensembles import fit_linear_pooling
+    from medxfer.analysis.evidence import evidence_from_tables, usable_scores
+
+    run = latest_analysis(study, manifest_id)
+    table = run.iid_table
+    ensembles = {}
+    for name, spec in (run.config.get("ensembles") or {}).items():
+        kind = (spec or {}).get("kind")
+        if kind is not None:
+            ensembles[name] = (kind, (spec or {}).get("scores"), float((spec or {}).get("alpha", 1e-3)))
+    usable = usable_scores(table, {n: (k, s) for n, (k, s, _) in ensembles.items()})
+    combined = {n: (k, list(s) if s else usable) for n, (k, s, _) in ensembles.items()}
+    weights = None
+    linear = next(((n, a) for n, (k, _, a) in ensembles.items() if k == "linear" and n == "ens_linear"), None)
+    if linear is not None and table["dataset"].nunique() >= 2:
+        raw = table[table["score"].isin(combined[linear[0]][1])]
+        weights = {str(k): float(v) for k, v in fit_linear_pooling(raw, combined[linear[0]][1], alpha=linear[1],
+                                                                   allow_incomplete=True).items()}
+    return evidence_from_tables(table, run.iid, study=study, source=f"tracked study {study!r} (analysis run "
+                                f"{run.run_id[:8]})", ensembles=combined, reliability=run.reliability,
+                                protocol=protocol, linear_weights=weights, medxfer_version=medxfer_version())
+
+
+def runs_evidence(iid: pd.DataFrame, selected: pd.DataFrame, *, study: str, ensembles: dict[str, tuple[str, list[str]]],
+                  protocol: dict[str, Any], alpha: float = 1e-3, n_boot: int = 1000, seed: int = 0) -> "Evidence":
+    """The evidence computed from a study's long table ``iid`` (:func:`study_tables`, without
+    an analysis run): the ``ensembles`` (name -> (kind, scores)) and the baselines added, then correlated as the
+    analysis does."""
+    import warnings
+
+    from medxfer.analysis.baselines import add_baselines
+    from medxfer.analysis.correlation import UndefinedCorrelation, correlate
+    from medxfer.analysis.ensembles import Ensemble, EnsembleWarning, add_ensembles, fit_linear_pooling
+    from medxfer.analysis.evidence import evidence_from_tables
+    from medxfer.analysis.ground_truth import n_params
+
+    present = set(iid["score"])
+    wanted = {n: (k, s) for n, (k, s) in ensembles.items() if s and set(s) <= present}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EnsembleWarning)
+        warnings.simplefilter("ignore", UndefinedCorrelation)
+        table = iid
+        if wanted and iid["dataset"].nunique() >= 1:
+            table = add_ensembles(iid, [Ensemble(n, k, tuple(s), alpha) for n, (k, s) in wanted.items()
+                                        if k != "linear" or iid["dataset"].nunique() >= 2],
+                                  allow_incomplete=True).table
+        table, _ = add_baselines(table, n_params(selected) if len(selected) else None)
+        table = table[table.groupby(["dataset", "score"])["model"].transform("nunique") >= 2]
+        corr = correlate(table, n_boot=n_boot, seed=seed)
+    weights = None
+    linear = next((s for n, (k, s) in wanted.items() if k == "linear"), None)
+    if linear and iid["dataset"].nunique() >= 2:
+        weights = {str(k): float(v) for k, v in fit_linear_pooling(iid, linear, alpha=alpha,
+                                                                   allow_incomplete=True).items()}
+    return evidence_from_tables(table, corr, study=study, source=f"tracked study {study!r} (computed from its score "
+                                "and fine-tune runs)", ensembles=wanted, protocol=protocol, linear_weights=weights,
+                                medxfer_version=medxfer_version())

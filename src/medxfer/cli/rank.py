@@ -1,103 +1,95 @@
 """``medxfer-rank``: which pretrained model should I fine-tune for my dataset?
 
-    medxfer-rank dataset=/data/mine/labels.csv                  # image,label[,group]; image paths relative to the CSV
-    medxfer-rank dataset=/data/mine/labels.csv models=[efficientnet_lite0,efficientnet_lite2] score=ens_rank
-    medxfer-rank dataset=synthetic_mri score=ens_linear study=default
+    medxfer-rank dataset.path=/data/mine                        # a folder <class>/<image>, or a CSV file
+    medxfer-rank dataset.path=/data/mine/labels.csv dataset.image_col=path dataset.label_col=finding
+    medxfer-rank dataset=synthetic_mri score=ens_linear models=[efficientnet_lite0,efficientnet_lite2]
 
-Ranks the models by a transferability score on the dataset's training split, beside the tau that score reached
-in the tracked study; logs one MLflow run in ``<study>/rank``.
+Ranks the models (default: the study's) by the ranker the evidence validates best (``score=auto``) or the one
+asked for, with an interval for each rank; logs one MLflow run in ``<study>/rank`` and writes a report. The command
+composes what the stage reads: each model's config and the study's grid.
 """
 
 from __future__ import annotations
 
-import csv
-import os
 import sys
-from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from medxfer.cli._errors import reports_errors
 from medxfer.cli._hydra import task_overrides
+from medxfer.cli._study import study_settings
 from medxfer.cli._warnings import filter_known_warnings
 from medxfer.config import config_dir
+from medxfer.workflows.grid import compose_config
+from medxfer.errors import ConfigError
 
 
-def rank_overrides(args: Iterable[str]) -> list[str]:
-    """The ``medxfer-rank`` command line as Hydra overrides of ``conf/rank.yaml``.
+def available_models() -> list[str]:
+    """The model configs in ``conf/model/``."""
+    return sorted(p.stem for p in (Path(config_dir()) / "model").glob("*.yaml"))
 
-    - ``dataset=<path to a CSV file>`` (or to a folder holding ``labels.csv``) becomes ``dataset=csv
-      dataset.root=<its folder> dataset.csv=<file name>``, plus ``dataset.group_col=group`` when the CSV has a
-      ``group`` column and no ``dataset.group_col=`` is given (Hydra would refuse the path as an unknown option of
-      the ``dataset`` group). A relative path is taken from the working directory.
-    - ``dataset.csv=...`` without ``dataset=`` selects ``dataset=csv``.
-    - ``score=<name>`` becomes ``rank.score=<name>``: ``score`` is also a config group (the score stage's), so
-      Hydra would read it as one.
 
-    Everything else (other overrides, Hydra flags) passes unchanged.
-    """
-    args = list(args)
-    has_dataset = any(a.startswith("dataset=") for a in args)
-    has_group = any(a.startswith("dataset.group_col=") for a in args)
-    out = []
+def model_configs(names: Any) -> dict[str, dict[str, Any]]:
+    """Each model's config as ``medxfer-score model=<name>`` composes it, by name; unknown names are an error
+    that lists the available ones."""
+    if isinstance(names, str):
+        names = [names]
+    names = list(names or [])
+    available = available_models()
+    if not names or any(not isinstance(n, str) for n in names):
+        raise ConfigError(f"models={names!r}: give a list of model configs, e.g. models=[efficientnet_lite0,"
+                          f"efficientnet_lite1]; available: {', '.join(available)}")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"model(s) {dup} given more than once in models={names}")
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise ConfigError(f"unknown model config(s) {unknown}; available model configs (conf/model/): "
+                          f"{', '.join(available)}")
+    return {n: OmegaConf.to_container(compose_config("score", [f"model={n}"]).model, resolve=True) for n in names}
+
+
+def rank_inputs(cfg: DictConfig):
+    """The stage's :class:`medxfer.stages.rank.RankInputs` for the composed rank config: the study's grid and the
+    settings of its score cells (:func:`medxfer.cli._study.study_settings`), and the config of each model
+    (``models``, else the study's). Composed before the stage's libraries load, so a typo fails at once."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    study = study_settings(c)
+    models = model_configs(c.get("models") or study.config["models"])
+    from medxfer.stages.rank import RankInputs
+
+    return RankInputs(models, study.config, study.preprocess, study.options, study.manifest)
+
+
+def _dataset_path_hint(args: list[str]) -> None:
+    """``dataset=<a path>`` names no config of the dataset group: say which option takes a path."""
     for arg in args:
         key, eq, value = arg.partition("=")
-        if eq and key == "score":
-            out.append(f"rank.score={value}")
-        elif eq and key == "dataset" and _is_path(value):
-            out += _csv_overrides(_unquote(value), find_group=not has_group)
-        else:
-            out.append(arg)
-    if not has_dataset and any(a.startswith("dataset.csv=") for a in args):
-        out.insert(0, "dataset=csv")
-    return out
-
-
-def _unquote(value: str) -> str:
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-        return value[1:-1]
-    return value
-
-
-def _is_path(value: str) -> bool:
-    value = _unquote(value)
-    return "/" in value or os.sep in value or value.startswith("~") or value.lower().endswith(".csv")
-
-
-def _hydra_quote(value: str) -> str:
-    """A Hydra override value that stays one string whatever the path holds (spaces, commas, '=')."""
-    return "'" + value.replace("'", "\\'") + "'"
-
-
-def _csv_overrides(value: str, *, find_group: bool) -> list[str]:
-    path = Path(value).expanduser().absolute()
-    root, name = (path, "labels.csv") if path.is_dir() else (path.parent, path.name)
-    out = ["dataset=csv", f"dataset.root={_hydra_quote(str(root))}", f"dataset.csv={_hydra_quote(name)}"]
-    if find_group and "group" in _csv_header(root / name):
-        out.append("dataset.group_col=group")
-    return out
-
-
-def _csv_header(path: Path) -> list[str]:
-    try:
-        with open(path, newline="") as f:
-            return next(csv.reader(f), [])
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return []  # reading the dataset reports it, naming the file
+        if eq and key == "dataset" and ("/" in value or value.lower().endswith(".csv") or value.startswith("~")):
+            raise ConfigError(f"dataset={value}: the dataset group takes a config name (conf/dataset/); give your "
+                              f"data's path as dataset.path={value} (a folder <class>/<image>, or a CSV file)")
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="rank")
 @reports_errors
 def _main(cfg: DictConfig) -> None:
     filter_known_warnings()
-    from medxfer.stages.rank import run_rank  # after composing: a typo fails before torch loads
-    run_rank(cfg, overrides=task_overrides())
+    inputs = rank_inputs(cfg)
+    from medxfer.stages.rank import run_rank
+
+    run_rank(cfg, inputs, overrides=task_overrides())
 
 
 def main() -> None:
-    sys.argv[1:] = rank_overrides(sys.argv[1:])
+    try:
+        _dataset_path_hint(sys.argv[1:])
+    except ConfigError as err:
+        from medxfer.errors import exit_with_message
+
+        exit_with_message(err)
     _main()
 
 

@@ -10,7 +10,9 @@ from typing import Any, Iterable
 import numpy as np
 
 from medxfer.data.leaks import apply_policy, check_policy as check_leak_policy, find_leaks
-from medxfer.data.readers import read_group_table, read_source, source_from_config, with_group_table
+from medxfer.data.readers import (
+    check_two_classes, path_source, read_group_table, read_source, source_from_config, with_group_table,
+)
 from medxfer.data.splits import (
     check_images_exist, check_split_files, read_split_files, split_file, split_source, split_table, stratified_subsample,
 )
@@ -31,7 +33,9 @@ def load_dataset(cfg: dict[str, Any], *, check_splits: bool = True, needed: Iter
     ``split.val``, ``split.test`` when ``split.source`` is ``files`` (published splits), otherwise from a seeded
     stratified, group-aware split (``cfg["split"]``).  ``cfg["ood"]``, when set, describes the
     out-of-distribution test set (with ``split.source: files``, ``split.ood`` names its CSV file); its classes
-    must exist in the training data (use ``label_map`` to map them).  Given split files that share an image or
+    must exist in the training data (use ``label_map`` to map them). A ``source: path`` node (``dataset.path=``) is
+    read as the ``csv`` or ``folder`` node it stands for (:func:`medxfer.data.readers.path_source`), and must hold
+    two classes at least.  Given split files that share an image or
     (``split.by_group``) a group are refused unless ``check_splits`` is false (``medxfer-data`` reports them).
 
     ``needed``: the splits the caller reads. One of them whose image files are missing is an error; another
@@ -39,6 +43,8 @@ def load_dataset(cfg: dict[str, Any], *, check_splits: bool = True, needed: Iter
     ``DatasetSplits.absent`` (an absent OOD set becomes ``ood=None``). Given splits are also searched for leaks
     (:mod:`medxfer.data.leaks`; ``dataset.leaks``) before ``max_samples`` subsamples them.
     """
+    given = cfg.get("path") if cfg.get("source") == "path" else None
+    cfg = path_source(cfg)
     name = cfg["name"]
     needed = set(needed)
     spec = source_from_config(cfg)
@@ -56,6 +62,8 @@ def load_dataset(cfg: dict[str, Any], *, check_splits: bool = True, needed: Iter
         group_column = str(node["group"])
     if from_files and check_splits:
         check_split_files(data, split_cfg, name, group_column)
+    if given is not None and not isinstance(data, dict):
+        check_two_classes(data, f"dataset.path={given}")
     if isinstance(data, dict):
         tables = data
     else:

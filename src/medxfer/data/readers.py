@@ -87,6 +87,61 @@ def source_from_config(node: dict[str, Any]) -> SourceSpec:
     return SourceSpec(**kwargs)
 
 
+#: The keys of a ``source: path`` dataset that are its own (``conf/dataset/path.yaml``), not a reader's.
+PATH_KEYS = ("path",)
+
+
+def path_source(node: dict[str, Any]) -> dict[str, Any]:
+    """A ``source: path`` dataset node (``dataset.path=<folder or CSV file>``) as the ``csv`` or ``folder`` node it
+    stands for: a path ending in ``.csv`` is a CSV (image paths relative to its folder), anything else a folder
+    ``<class>/<image>``. ``name: null`` becomes the folder's name (a CSV's: its folder's); ``group_col: auto``
+    becomes ``group`` when the CSV has that column. Other nodes are returned unchanged."""
+    if node.get("source") != "path":
+        return node
+    value = node.get("path")
+    if value in (None, "", "???"):
+        raise DataError("dataset.path is not set; pass dataset.path=<a folder <class>/<image>, or a CSV file>")
+    path = Path(str(value)).expanduser().absolute()
+    out = {k: v for k, v in node.items() if k not in PATH_KEYS}
+    if path.suffix.lower() == ".csv":
+        out.update(source="csv", root=str(path.parent), csv=path.name)
+        out.pop("label_level", None)
+        out.pop("group_pattern", None)
+        if out.get("group_col") == "auto":
+            out["group_col"] = "group" if "group" in _csv_header(path) else None
+        default_name = path.parent.name
+    else:
+        if path.is_file():
+            raise DataError(f"dataset.path={path}: a file that is not a .csv; pass a folder <class>/<image>, or a CSV "
+                            "file (image,label[,group])")
+        if path.is_dir() and (path / "labels.csv").is_file() and not any(p.is_dir() for p in path.iterdir()):
+            raise DataError(f"dataset.path={path}: a folder without class folders, holding labels.csv; pass "
+                            f"dataset.path={path / 'labels.csv'}")
+        out.update(source="folder", root=str(path))
+        for key in ("csv", "image_col", "label_col", "group_col"):
+            out.pop(key, None)
+        default_name = path.name
+    out["name"] = out.get("name") or re.sub(r"[^A-Za-z0-9_.-]+", "_", default_name).strip("_") or "dataset"
+    return out
+
+
+def _csv_header(path: Path) -> list[str]:
+    try:
+        return list(pd.read_csv(path, nrows=0, dtype=str).columns)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return []  # reading the dataset reports it, naming the file
+
+
+def check_two_classes(table: SampleTable, where: str) -> None:
+    """Refuse a collection with fewer than two images or two classes, naming ``where`` (the path given)."""
+    counts = table.class_counts()
+    if len(table) < 2 or len(counts) < 2:
+        found = ", ".join(f"{c!r}: {n}" for c, n in counts.items()) or "none"
+        raise DataError(f"{where}: {len(table)} image(s) in {len(counts)} class(es) ({found}); ranking and "
+                        "fine-tuning need at least 2 classes with 3 images each (a folder <class>/<image> with a "
+                        "folder per class, or a CSV with a label column)")
+
+
 def read_source(spec: SourceSpec) -> SampleTable | dict[str, SampleTable]:
     """Read a source: one table, or for MedMNIST its predefined ``train``/``val``/``test`` tables."""
     if spec.source == "synthetic":
@@ -138,7 +193,8 @@ def read_csv(spec: SourceSpec, *, contents: bool = True) -> SampleTable:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: not a readable CSV file: {err}") from None
     if spec.image_col not in df.columns:
-        raise DataError(f"{path}: no column {spec.image_col!r} for image paths; columns are {list(df.columns)}")
+        raise DataError(f"{path}: no column {spec.image_col!r} for image paths; set dataset.image_col=<column>; "
+                        f"columns found: {list(df.columns)}")
     if spec.label_columns:
         missing = [c for c in spec.label_columns if c not in df.columns]
         if missing:
@@ -150,7 +206,8 @@ def read_csv(spec: SourceSpec, *, contents: bool = True) -> SampleTable:
         raw = [spec.label_columns[i] for i in onehot.argmax(axis=1)]
     else:
         if spec.label_col not in df.columns:
-            raise DataError(f"{path}: no column {spec.label_col!r} for labels; columns are {list(df.columns)}")
+            raise DataError(f"{path}: no column {spec.label_col!r} for labels; set dataset.label_col=<column>; "
+                            f"columns found: {list(df.columns)}")
         raw = df[spec.label_col].tolist()
     empty = [i for i, v in enumerate(raw) if str(v).strip() == ""]
     if empty:
@@ -158,7 +215,8 @@ def read_csv(spec: SourceSpec, *, contents: bool = True) -> SampleTable:
     groups = None
     if spec.group_col:
         if spec.group_col not in df.columns:
-            raise DataError(f"{path}: group column {spec.group_col!r} not found; columns are {list(df.columns)}")
+            raise DataError(f"{path}: group column {spec.group_col!r} not found; set dataset.group_col=<column> (or "
+                            f"null for none); columns found: {list(df.columns)}")
         groups = df[spec.group_col].to_numpy(dtype=object)
     images = df[spec.image_col].tolist()
     keep = np.arange(len(df))

@@ -1,578 +1,516 @@
 """The rank stage: which pretrained model should I fine-tune for my dataset?
 
-For each model: the features of the dataset's training split (``iid``, the split the score stage scores), through
-the same feature cache as ``medxfer-score`` (a second run, or a cell that ``medxfer-score`` already scored with
-the same preprocessing, does no forward pass), then the requested score; the models are ranked by it (higher =
-better, rank 1 = best). Beside the ranking stands the tau that score reached in a tracked study (Kendall tau-b
-of the score with the balanced accuracy after fine-tuning), so the reader knows how far to trust it. One MLflow
-run per call in ``<study>/rank``; it never skips.
+The ranker (``score=``) is a registered score, an ensemble of scores (``ens_rank``, ``ens_z``, ``ens_linear``) or,
+with ``score=auto``, whichever score, ensemble or data-blind baseline had the best validated tau in the evidence:
+the tracked study's analysis (or its runs) when the store has the study, else the evidence shipped with medxfer
+(:mod:`medxfer.analysis.evidence`). For each model: the features of the dataset's training split through the score
+stage's feature cache (decoded images shared by the models of one geometry), the ranker's scores, and the same
+scores on bootstrap draws of the images for an interval of its rank. The answer: the ranking, the chance the top
+pick was the best in the study and its expected regret, a shortlist to fine-tune sized by both, a report
+(``<output_dir>/rank/<dataset>/report.md`` with a figure, and ``rank.json``), all logged to one run of
+``<study>/rank``.
 
-The score is a registered score (:func:`medxfer.scores.available_scores`) or an ensemble of
-``rank.ensemble_scores`` (see :mod:`medxfer.analysis.ensembles`): ``ens_rank`` (mean rank over the models),
-``ens_z`` (mean z-score over the models) or ``ens_linear`` (ridge weights fitted on the tracked study's scores
-and fine-tuned accuracies, applied to the z-scores of the models here).
-
-Order of work, so that bad input fails before anything expensive: score and model names, weights of every
-model → tracking store → dataset read and split → (ens_linear) weights from the study → per model: features
-(cache or forward pass) and scores → ranking → tau from the study → the run.
+Configs are composed by the command (:mod:`medxfer.cli.rank`): the model configs and the study's grid arrive in
+:class:`RankInputs`. Bad input fails before anything expensive: ranker and models, weights of every model, the
+tracking store, the dataset, the evidence; then the models run.
 """
 
 from __future__ import annotations
 
+import json
 import math
-import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
-import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from medxfer.errors import MedxferError
-from medxfer.analysis.correlation import AnalysisError, UndefinedCorrelation, comparable, correlate
-from medxfer.analysis.ensembles import (
-    Ensemble,
-    EnsembleWarning,
-    add_ensembles,
-    apply_pooling,
-    fit_linear_pooling,
-    mean_rank,
-    mean_zscore,
-)
-from medxfer.results import analysis_runs, has_finished_runs, study_tables
-from medxfer.config import config_dir
-from medxfer.scores.isolated import single_thread
 from medxfer import tracking
-from medxfer.cells import hash_parts, preprocess_identity
+from medxfer.analysis.baselines import BASELINES
+from medxfer.analysis.correlation import AnalysisError
+from medxfer.analysis.ensembles import EnsembleWarning
+from medxfer.analysis.evidence import (ENSEMBLE_KINDS, Evidence, RankerEvidence, choose_ranker, read_evidence,
+                                       study_protocol)
+from medxfer.analysis.rank_report import write_report
+from medxfer.analysis.ranking import rank_intervals, rank_of, ranker_values, shortlist_size
+from medxfer.cells import digest_store, hash_parts, table_digest, weights_identity
+from medxfer.config import reference_dir
+from medxfer.data.datasets import check_scoreable, load_dataset
+from medxfer.data.decoded import decoded_cache_for
+from medxfer.data.readers import path_source
+from medxfer.errors import MedxferError
+from medxfer.models.extract import FeatureCache
+from medxfer.models.features import split_features
+from medxfer.models.zoo import ModelSpec, resolve_weights
+from medxfer.plans import model_and_preprocess
+from medxfer.results import NoAnalysisRun, analysis_evidence, has_finished_runs, runs_evidence, study_tables
+from medxfer.scores import ScoreError, ScoreWarning, compute_scores
+from medxfer.scores.isolated import single_thread
+from medxfer.scores.options import non_default_options, score_names, score_options
+from medxfer.scores.resample import resampled_scores
 from medxfer.tracking import cell_run, ensure_experiment, setup_tracking
 
-#: Ensembles ``score=`` accepts, with their kind in :mod:`medxfer.analysis.ensembles`.
-ENSEMBLES = {"ens_rank": "rank", "ens_z": "zscore", "ens_linear": "linear"}
 SPLIT = "train"  # the training split, as the score stage (and the paper) scores it
-NO_STUDY = "no tracked study"
+#: The evidence medxfer ships, regenerated by ``medxfer-evidence`` from a tracked study.
+SHIPPED = "evidence/default.json"
+#: Tags of the rank run's schema: a user tag of one of these names is refused.
+SCHEMA_TAGS = ("stage", "study", "dataset", "score", "model", "split", "cell", "dataset_path", "evidence")
 
 
 class RankError(MedxferError, ValueError):
     """Bad input to the rank stage; the message says what was expected, what was found and what to do."""
 
 
-# --- inputs ----------------------------------------------------------------------------------------------------
+@dataclass
+class RankInputs:
+    """What the command composed for the stage: each model's config (as ``medxfer-score model=<name>`` composes
+    it), the study's resolved analyze config (its grid: the cells the evidence is read from), and the settings its
+    score cells used (``preprocess``; ``options``: non-default score options)."""
 
-def registered_scores() -> list[str]:
-    """Every registered score, opt-in ones included."""
-    from medxfer.scores import available_scores
+    models: dict[str, dict[str, Any]]
+    study: dict[str, Any]
+    study_preprocess: dict[str, Any]
+    study_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the study's manifest (None for ``legacy=true``), built only when the store holds the study's runs
+    study_manifest: Callable[[], Any] = lambda: None
 
-    return list(available_scores(include_opt_in=True))
-
-
-def score_names(score: str, ensemble_scores: list[str] | None) -> list[str]:
-    """The registered scores to compute for each model: ``[score]``, or an ensemble's scores."""
-    registered = registered_scores()
-    if score in ENSEMBLES:
-        chosen = list(dict.fromkeys(ensemble_scores or []))
-        if not chosen:
-            raise RankError(f"score={score} combines rank.ensemble_scores, which is empty; give a list of scores "
-                            f"from {registered}")
-        unknown = [s for s in chosen if s not in registered]
-        if unknown:
-            raise RankError(f"rank.ensemble_scores: unknown score(s) {unknown}; registered scores: {registered}")
-        return chosen
-    if score not in registered:
-        raise RankError(
-            f"unknown score {score!r}; registered scores: {', '.join(registered)}; ensembles of "
-            "rank.ensemble_scores: ens_rank (mean rank over the models), ens_z (mean z-score over the models), "
-            "ens_linear (weights fitted on the tracked study's fine-tuned accuracies)")
-    return [score]
-
-
-def available_models() -> list[str]:
-    """The model configs in ``conf/model/``."""
-    return sorted(p.stem for p in (Path(config_dir()) / "model").glob("*.yaml"))
-
-
-def model_configs(names: Any) -> dict[str, dict[str, Any]]:
-    """Each model's config as ``medxfer-score model=<name>`` composes it, by name; unknown names are an error
-    that lists the available ones."""
-    from medxfer.workflows.grid import compose_config
-
-    if isinstance(names, str):
-        names = [names]
-    names = list(names or [])
-    available = available_models()
-    if not names:
-        raise RankError(f"models is empty; give a list of model configs, e.g. models=[efficientnet_lite0,"
-                        f"efficientnet_lite1]; available: {available}")
-    if any(not isinstance(n, str) for n in names):
-        raise RankError(f"models must be a list of model config names; got {names!r}; available: {available}")
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise RankError(f"model(s) {dup} given more than once in models={names}")
-    unknown = [n for n in names if n not in available]
-    if unknown:
-        raise RankError(f"unknown model config(s) {unknown}; available model configs (conf/model/): {', '.join(available)}")
-    return {n: OmegaConf.to_container(compose_config("score", [f"model={n}"]).model, resolve=True) for n in names}
-
-
-def score_options(names: list[str], models: dict[str, dict[str, Any]],
-                  options: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
-    """Per model, the ``options`` of :func:`medxfer.scores.compute_scores`, as the score stage builds them
-    (``rank.options``, checked before any work; ``imagenet_top1``'s ``top1`` from each model config)."""
-    from medxfer.scores.options import score_options as stage_score_options
-
-    if "imagenet_top1" in names:
-        lacking = [m for m, mc in models.items() if mc.get("imagenet_top1") is None]
-        if lacking:
-            raise RankError(
-                f"score imagenet_top1 ranks models by their ImageNet top-1 accuracy, the field imagenet_top1 of the "
-                f"model config; model(s) {lacking} have none. Set it in conf/model/<name>.yaml, or pick another score")
-    try:
-        return {m: stage_score_options(options, mc, names, where="rank.options") for m, mc in models.items()}
-    except ValueError as err:
-        raise RankError(str(err)) from None
-
-
-def dataset_csv(dataset: dict[str, Any]) -> Path | None:
-    """The CSV file of a ``csv`` dataset (None for other sources); a missing file is an error naming it. Its
-    columns are checked when it is read (the error names the file and the column)."""
-    if dataset.get("source") != "csv":
-        return None
-    path = Path(str(dataset["root"])).expanduser() / str(dataset.get("csv") or "labels.csv")
-    if not path.is_file():
-        raise RankError(
-            f"dataset CSV file {path} not found. Pass dataset=<path to your CSV> (columns "
-            f"{dataset.get('image_col', 'image')}, {dataset.get('label_col', 'label')} and optionally a group column; "
-            "image paths relative to the CSV's folder), or dataset=csv dataset.root=<folder> dataset.csv=<file name>")
-    return path
-
-
-# --- the tau of the score in a tracked study -----------------------------------------------------------------------
 
 @dataclass
-class StudyTau:
-    """How well the score ranked models in a tracked study: Kendall tau-b of the score with the test balanced
-    accuracy after fine-tuning, pairs counted within each dataset and pooled over the datasets, with its 95 %
-    bootstrap interval over models. ``missing`` says why there is no tau (then ``tau`` is None)."""
+class Ranker:
+    """What ranks the models: ``name`` (a score, an ensemble or a baseline), the scores to compute, the ensemble
+    kind (None for one score or a baseline) and, for a baseline, its value per model."""
 
-    study: str
-    tau: float | None = None
-    tau_lo: float | None = None
-    tau_hi: float | None = None
-    n_models: int = 0
-    n_datasets: int = 0
-    source: str = ""
-    missing: str | None = None
+    name: str
+    scores: list[str]
+    kind: str | None = None
+    baseline: dict[str, float] | None = None
+    weights: dict[str, float] | None = None
 
-    def cell(self) -> str:
-        """What the table's tau column shows."""
-        if self.missing:
-            return self.missing
-        if self.tau is None or not math.isfinite(self.tau):
-            return "undefined (constant score)"
-        if self.tau_lo is None or not (math.isfinite(self.tau_lo) and math.isfinite(self.tau_hi)):
-            return f"{self.tau:.2f} [n/a]"
-        return f"{self.tau:.2f} [{self.tau_lo:.2f}, {self.tau_hi:.2f}]"
-
-    def note(self, score: str) -> str:
-        if self.missing == NO_STUDY:
-            return (f"tau: study {self.study!r} has no score and fine-tune runs in this tracking store; run it "
-                    "(make study) or point study=/tracking.uri= at one")
-        if self.missing:
-            return f"tau: {self.missing}"
-        return (f"tau: Kendall tau-b of {score} with test balanced accuracy after fine-tuning in study {self.study!r}, "
-                f"pooled over {self.n_datasets} dataset(s) x {self.n_models} model(s) ({self.source}); "
-                "[95 % bootstrap interval over models]")
-
-
-def study_tau(study: str, score: str, *, ensemble_scores: list[str] | None = None, alpha: float = 1e-3,
-              select_metric: str = "best/val_bal_acc", select_mode: str = "max", n_boot: int = 1000,
-              seed: int = 0, iid: pd.DataFrame | None = None, manifest_id: str | None = None) -> StudyTau:
-    """The tau ``score`` reached in ``study``: from the latest FINISHED run of ``<study>/analysis`` when it has
-    that score (for an ensemble: the same kind over the same scores), else computed with :func:`correlate` from
-    the study's score and fine-tune runs (``iid``: the study's table, :func:`medxfer.results.study_tables`;
-    ``manifest_id``: its manifest's, which the analysis run must carry);
-    ``missing = "no tracked study"`` when there are none."""
-    kind = ENSEMBLES.get(score)
-    scores = list(ensemble_scores or []) if kind else []
-    found = _tau_from_analysis(study, score, kind, scores, alpha, manifest_id)
-    if found is not None:
-        return found
-    if iid is None:
-        return StudyTau(study, missing=NO_STUDY)
-    return _tau_from_runs(iid, study, score, kind, scores, alpha, n_boot, seed)
-
-
-def _tau_from_analysis(study: str, score: str, kind: str | None, scores: list[str], alpha: float,
-                       manifest_id: str | None) -> StudyTau | None:
-    """The tau of the newest analysis run of exactly the study's manifest (same cells), if it has ``score``."""
-    if manifest_id is None:
-        return None
-    runs = analysis_runs(study, manifest_id)
-    if not len(runs):
-        return None
-    run = runs.iloc[0]
-    column = f"metrics.tau/ALL/{score}"
-    if column not in runs.columns or pd.isna(run[column]):
-        return None
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            table = pd.read_csv(tracking.download_artifact(run["run_id"], "tables/correlations_iid.csv", tmp))
-        except Exception:  # an analysis run without its table: no interval, still its tau
-            table = pd.DataFrame(columns=["dataset", "score"])
-        if kind is not None and not _same_ensemble(run["run_id"], score, kind, scores, alpha, table, tmp):
-            return None
-    row = table[(table["dataset"] == "ALL") & (table["score"] == score)]
-    lo, hi = (float(row["tau_lo"].iloc[0]), float(row["tau_hi"].iloc[0])) if len(row) else (None, None)
-
-    def count(name: str) -> int:
-        value = run.get(f"params.{name}")
-        return int(value) if value is not None and not pd.isna(value) else 0
-
-    return StudyTau(study, float(run[column]), lo, hi, n_models=count("n_models"), n_datasets=count("n_datasets"),
-                    source=f"analysis run {run['run_id'][:8]}")
-
-
-def _same_ensemble(run_id: str, name: str, kind: str, scores: list[str], alpha: float, table: pd.DataFrame,
-                   tmp: str) -> bool:
-    """Whether the analysis run's ensemble ``name`` is ours: same kind, same scores, same ridge penalty."""
-    try:
-        path = tracking.download_artifact(run_id, "config.yaml", tmp)
-        config = yaml.safe_load(Path(path).read_text()) or {}
-    except Exception:
-        return False
-    ensembles = config.get("ensembles") or {}
-    spec = ensembles.get(name) or {}
-    if spec.get("kind") != kind:
-        return False
-    if kind == "linear" and not math.isclose(float(spec.get("alpha", 1e-3)), alpha):
-        return False
-    theirs = spec.get("scores")
-    if theirs is None:  # every score of the analysis' table; the baselines are added after, never ensembled
-        from medxfer.analysis.baselines import BASELINES
-
-        theirs = set(table.loc[table["dataset"] == "ALL", "score"]) - set(ensembles) - set(BASELINES)
-    return set(theirs) == set(scores)
-
-
-def _tau_from_runs(iid: pd.DataFrame, study: str, score: str, kind: str | None, scores: list[str], alpha: float,
-                   n_boot: int, seed: int) -> StudyTau:
-    if not len(iid):
-        return StudyTau(study, missing=NO_STUDY)
-    present = set(iid["score"])
-    lacking = [s for s in (scores if kind else [score]) if s not in present]
-    if lacking:
-        return StudyTau(study, missing=f"{', '.join(lacking)} not in study {study!r}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", EnsembleWarning)
-        warnings.simplefilter("ignore", UndefinedCorrelation)
-        if kind:
-            try:
-                iid = add_ensembles(iid, [Ensemble(score, kind, tuple(scores), alpha)], allow_incomplete=True).table
-            except AnalysisError as err:
-                return StudyTau(study, missing=f"not computable in study {study!r}: {err}")
-        t = iid[iid["score"] == score]
-        t = t[t.groupby("dataset")["model"].transform("nunique") >= 2]
-        if not len(t):
-            return StudyTau(study, missing=f"study {study!r} has fewer than 2 models per dataset")
-        corr = correlate(t, n_boot=n_boot, seed=seed)
-    row = corr[corr["dataset"] == "ALL"].iloc[0]
-    return StudyTau(study, float(row["tau"]), float(row["tau_lo"]), float(row["tau_hi"]),
-                    n_models=t["model"].nunique(), n_datasets=t["dataset"].nunique(),
-                    source="computed from its score and fine-tune runs")
-
-
-def linear_weights(study: str, iid: pd.DataFrame, scores: list[str], *, alpha: float) -> pd.Series:
-    """``ens_linear``'s weights: :func:`fit_linear_pooling` on the study's scores and selected fine-tuned
-    accuracies (``iid``, the study's table from :func:`medxfer.results.study_tables`); a study without tracked data is an error
-    that says what to do."""
-    if iid is None or not len(iid):
-        raise RankError(
-            f"score=ens_linear fits its weights on the tracked study {study!r}, which has no (score run, fine-tune "
-            "run) pair in this tracking store. Run the study first (make study, or medxfer-score and "
-            "medxfer-finetune), point study=... / tracking.uri=... at a study that has them, or pick a score that "
-            "needs no study: ens_rank, ens_z or a single score")
-    lacking = [s for s in scores if s not in set(iid["score"])]
-    if lacking:
-        raise RankError(
-            f"score=ens_linear: the score runs of study {study!r} lack {lacking} (they have "
-            f"{sorted(set(iid['score']))}); set rank.ensemble_scores to scores the study has, or score them there")
-    try:
-        return fit_linear_pooling(iid, scores, alpha=alpha, allow_incomplete=True)
-    except AnalysisError as err:
-        raise RankError(f"score=ens_linear: cannot fit weights on study {study!r}: {err}") from err
-
-
-# --- the stage -------------------------------------------------------------------------------------------------
 
 @dataclass
 class RankResult:
-    """``table``: one row per model, best first, columns ``rank, model, dataset, score, value, tau, tau_lo,
-    tau_hi`` (the tau of the score in the tracked study, the same on every row) and, for an ensemble,
-    ``score/<name>`` per combined score. ``weights``: ens_linear's weights per score (None otherwise)."""
+    """``table``: one row per model, best first: ``rank, model, value, rank_lo, rank_hi, p_top, shortlist`` and,
+    for an ensemble, ``score/<name>`` per combined score. ``evidence``: the ranker's record in the study (None when
+    there is none under these settings)."""
 
     table: pd.DataFrame
-    score: str
+    ranker: str
+    why: str
     dataset: str
     n_samples: int
     n_classes: int
-    study_tau: StudyTau
+    evidence: RankerEvidence | None
+    evidence_source: str
     run_id: str
     experiment: str
-    weights: pd.Series | None = None
+    shortlist: list[str]
+    notes: list[str] = field(default_factory=list)
     cached: dict[str, bool] = field(default_factory=dict)
+    report_path: Path | None = None
+    synthetic_evidence: bool = False
+    ceiling: float | None = None
 
     @property
     def best(self) -> list[str]:
         """The model(s) ranked 1 (several when tied)."""
         return [str(m) for m in self.table.loc[self.table["rank"] == 1, "model"]]
 
+    def decision(self) -> dict[str, Any]:
+        """The answer as plain data (what ``format=json`` prints and ``rank.json`` holds)."""
+        ev = self.evidence
+        rows = []
+        for _, r in self.table.iterrows():
+            rows.append({"rank": _num(r["rank"]), "model": r["model"], "value": _num(r["value"]),
+                         "rank_lo": _num(r["rank_lo"]), "rank_hi": _num(r["rank_hi"]), "p_top": _num(r["p_top"]),
+                         "shortlist": bool(r["shortlist"])})
+        return {"dataset": self.dataset, "n_images": self.n_samples, "n_classes": self.n_classes,
+                "ranker": self.ranker, "why": self.why, "evidence": self.evidence_source,
+                "synthetic_evidence": self.synthetic_evidence,
+                "tau": None if ev is None else _num(ev.tau), "tau_lo": None if ev is None else _num(ev.tau_lo),
+                "tau_hi": None if ev is None else _num(ev.tau_hi), "ceiling": _num(self.ceiling),
+                "p_top_pick_best": None if ev is None else _num(ev.hit_rate),
+                "expected_regret": None if ev is None else _num(ev.regret),
+                "shortlist": self.shortlist, "models": rows, "notes": self.notes, "run_id": self.run_id,
+                "report": None if self.report_path is None else str(self.report_path)}
+
     def report(self) -> str:
-        """The ranking as an aligned text table, with where the tau came from."""
-        tau_head = f"tau in study {self.study_tau.study!r} [95% CI]"
-        rows = [("rank", "model", self.score, tau_head)]
-        rows += [(str(r["rank"]), str(r["model"]), f"{r['value']:.6g}", self.study_tau.cell())
-                 for _, r in self.table.iterrows()]
-        widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        lines = [f"{r[0]:>{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}" for r in rows]
-        lines.insert(1, "-" * len(max(lines, key=len)))
-        return "\n".join([*lines, self.study_tau.note(self.score)])
+        """The ranking as an aligned text table, then the evidence and the shortlist in sentences."""
+        head = ("rank", "model", self.ranker, "rank 95% interval", "P(first)", "fine-tune")
+        rows = [head] + [(f"{int(r['rank'])}" if pd.notna(r["rank"]) else "-", str(r["model"]), _fmt(r["value"]),
+                          _interval(r["rank_lo"], r["rank_hi"]), _fmt(r["p_top"], 2), "yes" if r["shortlist"] else "")
+                         for _, r in self.table.iterrows()]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+        lines = ["  ".join(f"{cell:<{w}}" if i in (1, 5) else f"{cell:>{w}}" for i, (cell, w) in
+                           enumerate(zip(row, widths))).rstrip() for row in rows]
+        lines.insert(1, "-" * max(len(line) for line in lines))
+        return "\n".join([*lines, *self.sentences()])
+
+    def sentences(self) -> list[str]:
+        ev = self.evidence
+        out = [f"ranked by {self.ranker}: {self.why}", f"evidence: {self.evidence_source}"]
+        if ev is not None:
+            out.append(f"tau of {self.ranker} with fine-tuned balanced accuracy: {ev.interval()} [95% interval over "
+                       f"models], {ev.n_datasets} dataset(s) x {ev.n_models} model(s)"
+                       + (f"; the ground truth's ceiling {self.ceiling:.2f}" if self.ceiling is not None else ""))
+            if ev.hit_rate is not None:
+                out.append(f"its top pick was the best model on {ev.hit_rate:.0%} of the study's datasets; expected "
+                           f"regret of the top pick {ev.regret:.3f} balanced accuracy")
+        out.append(f"fine-tune these {len(self.shortlist)}: {', '.join(self.shortlist)}")
+        return out
 
 
-def run_rank(cfg: DictConfig, overrides: list[str] | None = None) -> RankResult:
-    """Rank ``cfg.models`` for ``cfg.dataset`` by ``cfg.rank.score``; print and log the ranking, return it."""
-    from medxfer.data.datasets import check_scoreable, load_dataset
-    from medxfer.models.extract import FeatureCache
-    from medxfer.models.zoo import ModelSpec, resolve_weights
-    from medxfer.scores import ScoreWarning
+def _num(value: Any) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)
 
+
+def _fmt(value: Any, digits: int = 6) -> str:
+    return "-" if value is None or pd.isna(value) else (f"{value:.{digits}g}" if digits > 2 else f"{value:.{digits}f}")
+
+
+def _interval(lo: Any, hi: Any) -> str:
+    return "-" if pd.isna(lo) or pd.isna(hi) else f"{int(lo)}-{int(hi)}"
+
+
+# --- the ranker asked for ------------------------------------------------------------------------------------------
+
+def requested_ranker(score: dict[str, Any]) -> tuple[str, list[str]]:
+    """``(ranker, scores)`` of the ``score`` config node, names checked against the registry: ``auto`` with no
+    scores (choose among every ranker of the evidence), ``auto`` with several scores and no ``ranker`` (e.g.
+    ``score=paper``: choose among those), an ensemble of ``names``, a baseline, or the one score of ``names``."""
+    ranker = score.get("ranker")
+    if ranker == "auto":
+        return "auto", []
+    names = score_names(score.get("names"), where="score.names")
+    if ranker in ENSEMBLE_KINDS:
+        if not names:
+            raise RankError(f"score={ranker} combines score.names, which is empty; give a list of scores")
+        return str(ranker), list(dict.fromkeys(names))
+    if ranker in BASELINES:
+        return str(ranker), []
+    if ranker is not None:
+        raise RankError(f"score.ranker={ranker!r}: expected auto, {', '.join(ENSEMBLE_KINDS)}, "
+                        f"{', '.join(BASELINES)}, or none (rank by the score of score.names, or the best of them)")
+    if not names:
+        raise RankError("score.names is empty; give a score (score=<name>) or score=auto")
+    return (names[0], names) if len(names) == 1 else ("auto", list(dict.fromkeys(names)))
+
+
+# --- the evidence ---------------------------------------------------------------------------------------------------
+
+def _protocol(inputs: RankInputs) -> dict[str, Any]:
+    return study_protocol(inputs.study, inputs.study_preprocess, inputs.study_options)
+
+
+def shipped_evidence() -> Evidence:
+    """The evidence table shipped with medxfer."""
+    return read_evidence(Path(reference_dir()) / SHIPPED)
+
+
+def gather_evidence(c: dict[str, Any], inputs: RankInputs, ranker: str, scores: list[str], table: Any,
+                    notes: list[str]) -> Evidence:
+    """The tracked study's evidence (its newest analysis run of exactly its manifest, else computed from its runs,
+    the ranked dataset left out) when ``evidence`` is ``auto`` and the store has the study; else the shipped one."""
+    mode = c["evidence"]
+    if mode not in ("auto", "shipped"):
+        raise RankError(f"evidence={mode!r}: expected auto (the tracked study, else the shipped evidence) or shipped")
+    study = c["study"]
+    if mode == "auto" and has_finished_runs(study):
+        s = inputs.study
+        tables = study_tables(study, inputs.study_manifest(), select_metric=s["select"]["metric"],
+                              select_mode=s["select"]["mode"], models=s["models"], datasets=s["datasets"])
+        if len(tables.iid):
+            mine = table_digest(table, digest_store(c["paths"]["cache_dir"]))
+            excluded = sorted(d for d, digest in tables.digests.items() if digest == mine)
+            protocol = _protocol(inputs)
+            wanted = {ranker: (ENSEMBLE_KINDS[ranker], scores)} if ranker in ENSEMBLE_KINDS else {}
+            try:
+                evidence = analysis_evidence(study, tables.manifest_id, protocol)
+                if excluded:
+                    notes.append(f"the ranked images are dataset {', '.join(excluded)} of study {study!r}: its "
+                                 "analysis run, which the evidence comes from, includes them")
+                if not wanted or evidence.get(ranker, scores) is not None:
+                    return evidence
+            except NoAnalysisRun:
+                pass
+            iid = tables.iid[~tables.iid["dataset"].isin(excluded)]
+            selected = tables.selected
+            if excluded:
+                notes.append(f"the ranked images are dataset {', '.join(excluded)} of study {study!r} (same "
+                             "contents): left out of the evidence and of ens_linear's weights")
+                if len(selected):
+                    selected = selected[~selected["tags.dataset"].isin(excluded)]
+            if not len(iid):
+                raise RankError(f"study {study!r} has no dataset besides the ranked one; nothing to validate on")
+            defaults = {"ens_rank": ("rank", sorted(set(iid["score"]))), "ens_z": ("zscore", sorted(set(iid["score"])))}
+            try:
+                return runs_evidence(iid, selected, study=study, ensembles={**defaults, **wanted}, protocol=protocol,
+                                     alpha=float(c["score"].get("alpha", 1e-3)), n_boot=int(c["rank"]["tau_bootstrap"]["n"]),
+                                     seed=int(c["rank"]["tau_bootstrap"]["seed"]))
+            except AnalysisError as err:
+                raise RankError(f"cannot compute the evidence of study {study!r}: {err}") from err
+        notes.append(f"study {study!r} has runs in this tracking store, but none of the cells of its grid (other "
+                     "settings, or study_overrides missing): the shipped evidence is used")
+    return shipped_evidence()
+
+
+def other_settings(c: dict[str, Any], preprocess: dict[str, Any], evidence: Evidence) -> str | None:
+    """Why the evidence's taus are not this ranking's: it scored with other preprocessing or non-default score
+    options; None when they agree."""
+    theirs_p = evidence.protocol.get("preprocess")
+    if theirs_p is not None and theirs_p != preprocess:
+        def shown(p: dict[str, Any]) -> str:
+            return " ".join(f"preprocess.{k}={v}" for k, v in p.items() if v is not None) or "timm's defaults"
+
+        return (f"the evidence scored with {shown(theirs_p)}, this ranking with {shown(preprocess)}: its taus are "
+                "not this ranking's; leave preprocess at the study's (the default) to rank as it scored")
+    theirs_o = evidence.protocol.get("score_options") or {}
+    mine = non_default_options(c["score"].get("options") or {})
+    if any(theirs_o.get(k) != v for k, v in mine.items()) or any(mine.get(k) != v for k, v in theirs_o.items()):
+        return f"the evidence scored with score options {theirs_o}, this ranking with {mine}: no tau for them"
+    return None
+
+
+def resolve_ranker(requested: str, scores: list[str], evidence: Evidence | None,
+                   models: list[str]) -> tuple[Ranker, RankerEvidence | None, str]:
+    """The ranker to use, its evidence and why it was chosen."""
+    usable = None
+    if evidence is not None:
+        usable = {r.ranker for r in evidence.rankers.values()
+                  if (r.kind != "baseline" or len(set(evidence.baseline_values.get(r.ranker, {})) & set(models)) >= 2)
+                  and (r.ranker != "ens_linear" or evidence.linear_weights)}
+    if requested == "auto":
+        if scores:  # score=paper and the like: the best of these scores
+            usable = set(scores) if usable is None else usable & set(scores)
+        if evidence is None:
+            raise RankError("score=auto picks the ranker from the evidence, and there is none under these settings; "
+                            "pass score=<name> (e.g. score=logme), or leave preprocess and score options at the "
+                            "study's")
+        try:
+            choice = choose_ranker(evidence, usable)
+        except LookupError as err:
+            raise RankError(f"score=auto: {err}; pass score=<name>") from None
+        row = choice.ranker
+        return _ranker_of(row.ranker, row.scores, evidence), row, choice.reason
+    row = evidence.get(requested, scores or None) if evidence is not None else None
+    why = "asked for (score=...)"
+    return _ranker_of(requested, scores, evidence), row, why
+
+
+def _ranker_of(name: str, scores: list[str], evidence: Evidence | None) -> Ranker:
+    if name in BASELINES:
+        values = (evidence.baseline_values.get(name) if evidence is not None else None) or {}
+        if not values:
+            raise RankError(f"score.ranker={name}: the evidence has no {name} values per model; pick another ranker")
+        return Ranker(name, [], baseline=values)
+    if name in ENSEMBLE_KINDS:
+        kind = ENSEMBLE_KINDS[name]
+        weights = None
+        if kind == "linear":
+            row = evidence.get(name, scores) if evidence is not None else None
+            weights = evidence.linear_weights if row is not None else None
+            if not weights:
+                raise RankError(
+                    "score=ens_linear fits its weights on a study's fine-tuned accuracies, and the evidence "
+                    f"({'none' if evidence is None else evidence.source}) has none for the scores {scores}. Run the "
+                    "study first (make study), point study=/tracking.uri= at one, or pick a ranker that needs no "
+                    "study: ens_rank, ens_z or a single score")
+        return Ranker(name, list(scores), kind, weights=weights)
+    return Ranker(name, [name])
+
+
+# --- the stage ------------------------------------------------------------------------------------------------------
+
+def run_rank(cfg: DictConfig, inputs: RankInputs, overrides: list[str] | None = None) -> RankResult:
+    """Rank ``inputs.models`` for ``cfg.dataset`` by ``cfg.score`` with the evidence behind it; print, write and log
+    the answer, and return it."""
     c = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    r, study = c["rank"], c["study"]
-    score = r["score"]
-    kind = ENSEMBLES.get(score)
-    names = score_names(score, r.get("ensemble_scores"))
-    models = model_configs(c["models"])
-    csv_file = dataset_csv(c["dataset"])
-    options = score_options(names, models, r.get("options"))
+    requested, scores = requested_ranker(c["score"])
+    models = dict(inputs.models)
+    if len(models) < 2:
+        raise RankError(f"models={list(models)}: a ranking needs at least 2 models")
+    preprocess = c.get("preprocess") or inputs.study_preprocess
+    user_tags = {str(k): str(v) for k, v in (c.get("tags") or {}).items()}
+    clash = sorted(set(user_tags) & set(SCHEMA_TAGS))
+    if clash:
+        raise RankError(f"tags: {clash} are tags of the rank run's schema; give your tags other names")
     specs = {m: ModelSpec.from_config(mc) for m, mc in models.items()}
-    weights_sources = {m: resolve_weights(spec, cache_dir=c["paths"]["cache_dir"], allow_noncommercial=bool((c.get("zoo") or {}).get("allow_noncommercial")))
-                       for m, spec in specs.items()}  # no weights: fail before any work
+    allow = bool((c.get("zoo") or {}).get("allow_noncommercial"))
+    weights = {m: resolve_weights(s, cache_dir=c["paths"]["cache_dir"], allow_noncommercial=allow)
+               for m, s in specs.items()}  # no weights: fail before any work
 
     setup_tracking(c["tracking"]["uri"])
     experiment = c["tracking"]["experiment"]
     experiment_id = ensure_experiment(experiment, c["tracking"].get("artifact_root"))
-    dataset_cfg = {**c["dataset"], "ood": None}  # only the training split is scored
+    dataset_cfg = {**path_source(c["dataset"]), "ood": None}  # only the training split is scored
     data = load_dataset(dataset_cfg)
     table = data.train
     check_scoreable(table)
-    dataset_name = c["dataset"]["name"]
-    where = f" ({csv_file})" if csv_file else ""
+    name = dataset_cfg["name"]
     n_classes = int(len(np.unique(table.labels)))
-    sel, boot = c["select"], c["bootstrap"]
-    # ens_linear reads the study once: for its weights here, and for the tau when no analysis run has it
-    study_iid, excluded, other_settings, manifest_id = _study_iid(c, table)
-    if other_settings and kind == "linear":
-        raise RankError(f"score=ens_linear: {other_settings}")
-    pooling = linear_weights(study, study_iid, names, alpha=float(r["alpha"])) if kind == "linear" else None
-    if excluded:
-        print(f"[rank] the ranked data is dataset {', '.join(excluded)} of study {study!r} (same contents): left out of "
-              "the study table the tau and ens_linear's weights come from", flush=True)
-    print(f"[rank] dataset {dataset_name}{where}: {SPLIT} (training) split, {len(table)} images, {n_classes} classes; "
-          f"{len(models)} model(s), score {score}" + (f" of {names}" if kind else ""), flush=True)
+    notes: list[str] = []
+    evidence = gather_evidence(c, inputs, requested, scores, table, notes)
+    mismatch = other_settings(c, preprocess, evidence)
+    if mismatch:
+        notes.append(mismatch)
+    if mismatch and (requested == "auto" or requested == "ens_linear"):
+        raise RankError(f"score={requested} needs the evidence under this ranking's settings, and {mismatch}")
+    # a data-blind baseline's evidence holds whatever the preprocessing
+    applies = evidence if not mismatch or requested in BASELINES else None
+    ranker, row, why = resolve_ranker(requested, scores, applies, list(models))
+    _check_scores(ranker, models, c["score"].get("options"))
+    where = f" ({dataset_cfg['root']})" if dataset_cfg.get("source") in ("csv", "folder") else ""
+    print(f"[rank] dataset {name}{where}: {SPLIT} (training) split, {len(table)} images, {n_classes} classes; "
+          f"{len(models)} models; ranked by {ranker.name}" + (f" of {ranker.scores}" if ranker.kind else ""), flush=True)
+    print(f"[rank] evidence: {evidence.describe()}", flush=True)
 
-    cache = FeatureCache(c["paths"]["cache_dir"] + "/features")
-    tags = {"stage": "rank", "study": study, "dataset": dataset_name, "score": score, "model": "all", "split": SPLIT,
-            "cell": hash_parts({"stage": "rank", "models": list(models), "dataset": dataset_name,
-                             "split_digest": table.digest(), "score": score, "scores": names,
-                             "preprocess": preprocess_identity(c["preprocess"])})}
-    if csv_file:
-        tags["dataset_csv"] = str(csv_file)
+    digest = table_digest(table, digest_store(c["paths"]["cache_dir"]))
+    schema = {"stage": "rank", "study": c["study"], "dataset": name, "score": ranker.name, "model": "all",
+              "split": SPLIT, "evidence": "shipped" if evidence.shipped else "tracked",
+              "cell": hash_parts({"stage": "rank", "models": sorted(models), "data": digest, "ranker": ranker.name,
+                                  "scores": ranker.scores, "preprocess": preprocess,
+                                  "bootstrap": c["rank"]["bootstrap"]})}
+    if dataset_cfg.get("source") in ("csv", "folder"):
+        schema["dataset_path"] = str(Path(dataset_cfg["root"]) / dataset_cfg.get("csv", "")) \
+            if dataset_cfg["source"] == "csv" else str(dataset_cfg["root"])
     ours = (ScoreWarning, EnsembleWarning)
-    with cell_run(experiment_id, run_name=f"rank-{dataset_name}-{score}", tags=tags, config=c, overrides=overrides) as run:
+    with cell_run(experiment_id, run_name=f"rank-{name}-{ranker.name}", tags={**user_tags, **schema}, config=c,
+                  overrides=overrides) as run:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ScoreWarning)
             warnings.simplefilter("always", EnsembleWarning)
-            values, cached = {}, {}
-            for i, (m, spec) in enumerate(specs.items(), 1):
-                t0 = time.perf_counter()
-                feats, cached[m] = _split_features(spec, weights_sources[m], table, dataset_name, c, cache,
-                                                   progress=f"[rank] {i}/{len(specs)} {m}")
-                with single_thread(bool(r.get("deterministic", True))):
-                    values[m] = _compute(feats, table.labels, names, r.get("device"), options[m], m)
-                shown = ", ".join(f"{k}={v:.6g}" for k, v in values[m].items())
-                print(f"[rank] {i}/{len(specs)} {m}: {shown} (features "
-                      f"{'from the cache' if cached[m] else 'extracted'}, {time.perf_counter() - t0:.1f} s)", flush=True)
-            ranked = _rank_table(values, names, score, kind, pooling, dataset_name)
-            tau = StudyTau(study, missing=other_settings) if other_settings else \
-                study_tau(study, score, ensemble_scores=names if kind else None, alpha=float(r["alpha"]),
-                            select_metric=sel["metric"], select_mode=sel["mode"], n_boot=int(boot["n"]),
-                            seed=int(boot["seed"]), iid=study_iid, manifest_id=manifest_id)
+            values, draws, cached = _model_values(ranker, models, specs, weights, table, name, preprocess, c)
+            ranked = _ranking(ranker, values, draws, float(c["rank"]["bootstrap"]["level"]))
         for w in caught:  # other warnings are shown as usual
             if not issubclass(w.category, ours):
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        notes = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, ours)))
-        ranked["tau"], ranked["tau_lo"], ranked["tau_hi"] = tau.tau, tau.tau_lo, tau.tau_hi
-        ranked = ranked[["rank", "model", "dataset", "score", "value", "tau", "tau_lo", "tau_hi",
-                         *[col for col in ranked.columns if col.startswith("score/")]]]
-        _log(ranked, tau, pooling, notes, n_samples=len(table), n_classes=n_classes)
-    for note in notes:
-        print(f"[rank] note: {note}", flush=True)
-    result = RankResult(ranked, score, dataset_name, len(table), n_classes, tau, run.info.run_id, experiment,
-                        pooling, cached)
-    print(result.report(), flush=True)
-    best = result.best[0] if len(result.best) == 1 else " and ".join(result.best) + f" (tied on {score})"
-    print(f"[rank] best: {best}. MLflow run {result.run_id} in experiment {experiment}", flush=True)
-    caution = trust_caution(tau, score)
-    if caution:
-        print(f"[rank] caution: {caution}", flush=True)
+        notes += list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, ours)))
+        lacking = [m for m in models if m not in values]
+        if lacking:
+            notes.append(f"{ranker.name} has no value for {', '.join(lacking)} (not in the study): not ranked")
+        k = shortlist_size(ranked["rank_lo"], row.best_within if row is not None else None, len(ranked))
+        ranked["shortlist"] = (ranked.index < k) | (ranked["rank_lo"] <= 1)
+        shortlist = [str(m) for m in ranked.loc[ranked["shortlist"], "model"]]
+        if row is None:
+            notes.append(f"no evidence for {ranker.name} under these settings: nothing says this ranking predicts "
+                         "fine-tuned accuracy; fine-tune the shortlist before choosing")
+        elif math.isfinite(row.tau_lo) and row.tau_lo <= 0:
+            notes.append(f"{ranker.name}'s tau interval {row.interval()} covers 0: indistinguishable from a random "
+                         "ranking in the study; fine-tune the shortlist before choosing")
+        if row is not None and evidence.synthetic:
+            notes.append("the evidence comes from SYNTHETIC datasets: it shows how the tool works, not how the "
+                         "scores do on medical images")
+        result = RankResult(ranked, ranker.name, why, name, len(table), n_classes, row, evidence.describe(),
+                            run.info.run_id, experiment, shortlist, notes, cached,
+                            synthetic_evidence=evidence.synthetic, ceiling=evidence.ceiling if row else None)
+        folder = Path(c["report_dir"]) if c.get("report_dir") else Path(c["paths"]["output_dir"]) / "rank" / name
+        result.report_path = write_report(result, folder)
+        (folder / "rank.json").write_text(json.dumps(result.decision(), indent=1) + "\n")
+        _log(result, folder, ranker, n_samples=len(table), n_classes=n_classes)
+    if c.get("format", "text") == "json":
+        print(json.dumps(result.decision(), indent=1), flush=True)
+    else:
+        for note in notes:
+            print(f"[rank] note: {note}", flush=True)
+        print(result.report(), flush=True)
+        print(f"[rank] report {result.report_path}; MLflow run {result.run_id} in experiment {experiment}", flush=True)
     return result
 
 
-def trust_caution(tau: "StudyTau", score: str) -> str | None:
-    """A sentence of caution when the study gives no reason to trust ``score``'s ranking: no tau, a negative tau,
-    or an interval that covers 0 (indistinguishable from a random ranking)."""
-    if tau.missing or tau.tau is None or not math.isfinite(tau.tau):
-        return (f"there is no measured tau for {score} under these settings, so nothing says this ranking predicts "
-                "fine-tuned accuracy; fine-tune the top models before choosing")
-    if tau.tau < 0:
-        return (f"in study {tau.study!r}, {score} ranked models opposite to their fine-tuned accuracy (tau "
-                f"{tau.tau:.2f}); do not choose by this ranking")
-    if tau.tau_lo is not None and math.isfinite(tau.tau_lo) and tau.tau_lo <= 0:
-        return (f"in study {tau.study!r}, {score}'s tau {tau.tau:.2f} has an interval [{tau.tau_lo:.2f}, "
-                f"{tau.tau_hi:.2f}] that covers 0: indistinguishable from a random ranking; fine-tune the top models "
-                "before choosing")
-    return None
+def _check_scores(ranker: Ranker, models: dict[str, dict[str, Any]], options: dict | None) -> None:
+    """The ranker's scores and options against the registry and each model config, before any work."""
+    if "imagenet_top1" in ranker.scores:
+        lacking = [m for m, mc in models.items() if mc.get("imagenet_top1") is None]
+        if lacking:
+            raise RankError(
+                f"score imagenet_top1 ranks models by their ImageNet top-1 accuracy, the field imagenet_top1 of the "
+                f"model config; model(s) {lacking} have none. Set it in conf/model/<name>.yaml, or pick another score")
+    for mc in models.values():
+        score_options(options, mc, ranker.scores)
 
 
-def _study_iid(c: dict[str, Any], table: Any) -> tuple[pd.DataFrame | None, list[str], str | None, str | None]:
-    """The study's in-distribution table (its manifest's cells) without the dataset being ranked, matched by the
-    content digest of its training split (ens_linear must not fit its weights on the accuracies it is judged by);
-    None when the study has no tracked runs. The third value says why the study's numbers do not apply (it scored
-    with other preprocessing or score options than this ranking), else None."""
-    from medxfer.cells import digest_store, table_digest
-
-    from medxfer.workflows.grid import common_overrides, compose_config, study_manifest
-
-    try:  # the study's grid as medxfer-analyze composes it (rank.study_overrides: e.g. [experiment=paper])
-        if not has_finished_runs(c["study"]):
-            return None, [], None, None
-        study = OmegaConf.to_container(
-            compose_config("analyze", [*common_overrides(c), *(c["rank"].get("study_overrides") or [])]), resolve=True)
-        tables = study_tables(study["study"], None if study.get("legacy") else study_manifest(study),
-                              select_metric=study["select"]["metric"], select_mode=study["select"]["mode"],
-                              models=study["models"], datasets=study["datasets"])
-        other = _other_settings(c, study) if len(tables.iid) else None
-        if other:  # the study has runs, but of other settings than this ranking's
-            return None, [], other, None
-    except Exception as err:  # noqa: BLE001 - a study that cannot be read gives no tau, not a failed ranking
-        print(f"[rank] cannot read study {c['study']!r} ({type(err).__name__}: {err}); no tau", flush=True)
-        return None, [], None, None
-    if not len(tables.iid):
-        return None, [], None, tables.manifest_id
-    mine = table_digest(table, digest_store(c["paths"]["cache_dir"]))
-    excluded = sorted(d for d, digest in tables.digests.items() if digest == mine)
-    iid = tables.iid[~tables.iid["dataset"].isin(excluded)]
-    return iid, excluded, None, tables.manifest_id
-
-
-def _other_settings(c: dict[str, Any], study: dict[str, Any]) -> str | None:
-    """Why the study's taus are not this ranking's: the study's score cells used other preprocessing or non-default
-    score options (compared on the study's first cell, as composed for it); None when they agree."""
-    from medxfer.workflows.grid import compose_config, score_overrides
-    from medxfer.scores.options import non_default_options, score_names
-    from medxfer.scores.options import score_options as checked
-
-    if not study["models"] or not study["datasets"]:
-        return None
-    sc = OmegaConf.to_container(compose_config("score", score_overrides(study, study["models"][0], study["datasets"][0])),
-                                resolve=True)
-    if sc["preprocess"] != c["preprocess"]:
-        def shown(p: dict[str, Any]) -> str:
-            return " ".join(f"preprocess.{k}={v}" for k, v in p.items() if v is not None) or "timm's defaults"
-
-        return (f"study {c['study']!r} scored with {shown(sc['preprocess'])}, this ranking with "
-                f"{shown(c['preprocess'])}: the study's tau is not this ranking's; pass the study's preprocessing "
-                "(e.g. preprocess=smoke for the default study) to rank as it scored")
-    names = score_names(sc["score"]["names"])
-    theirs = non_default_options(checked(sc["score"].get("options"), sc["model"], names))
-    mine = non_default_options(c["rank"].get("options") or {})
-    if any(theirs.get(k) != v for k, v in mine.items()) or any(mine.get(k) != v for k, v in theirs.items()):
-        return f"study {c['study']!r} scored with score options {theirs}, this ranking with {mine}: no tau for them"
-    return None
-
-
-def _split_features(spec, weights, table, dataset_name: str, c: dict[str, Any], cache, *, progress: str):
-    """Features of the training split through the score stage's feature cache (same key, so a cell
-    ``medxfer-score`` scored is reused). Returns ``(features, cached)``."""
-    from medxfer.data.transforms import resolve_preprocess
-    from medxfer.models.zoo import create_model, model_data_config
-    from medxfer.cells import digest_store, table_digest, weights_identity
-    from medxfer.data.decoded import decoded_cache_for
-    from medxfer.models.features import split_features
-
-    model = create_model(spec, weights)
-    preprocess = resolve_preprocess(model_data_config(model, spec), c["preprocess"])
-    print(f"{progress}: features of {len(table)} images ({preprocess.input_size} px), cached or extracted", flush=True)
+def _model_values(ranker: Ranker, models: dict[str, dict[str, Any]], specs: dict[str, ModelSpec], weights: dict,
+                  table: Any, dataset: str, preprocess: dict[str, Any], c: dict[str, Any]):
+    """Per model, the ranker's scores on the images and on bootstrap draws of them; a baseline needs neither."""
+    if ranker.baseline is not None:
+        return {m: {ranker.name: ranker.baseline[m]} for m in specs if m in ranker.baseline}, {}, {}
+    cache = FeatureCache(str(Path(c["paths"]["cache_dir"]) / "features"))
+    decoded = decoded_cache_for(c["extract"], c["paths"]["cache_dir"])
     digests = digest_store(c["paths"]["cache_dir"])
     data_digest = table_digest(table, digests)
-    return split_features(model, spec, weights_identity(spec, weights, digests), table, data_digest, dataset_name,
-                          SPLIT, preprocess, cache, c["extract"],
-                          decoded=decoded_cache_for(c["extract"], c["paths"]["cache_dir"]))
+    r, boot = c["score"], c["rank"]["bootstrap"]
+    values, draws, cached = {}, {}, {}
+    for i, (m, spec) in enumerate(specs.items(), 1):
+        t0 = time.perf_counter()
+        model, resolved = model_and_preprocess(spec, weights[m], preprocess)
+        feats, cached[m] = split_features(model, spec, weights_identity(spec, weights[m], digests), table, data_digest,
+                                          dataset, SPLIT,
+                                          resolved, cache, c["extract"], decoded=decoded)
+        del model
+        options = score_options(r.get("options"), models[m], ranker.scores) or None
+        with single_thread(bool(r.get("deterministic", True))):
+            try:
+                values[m] = compute_scores(feats.features, table.labels, feats.probs, ranker.scores,
+                                           device=r.get("device"), options=options)
+            except ScoreError as err:
+                raise RankError(f"model {m}: {err}") from err
+        # the draws only shape an interval: they need not reproduce to the last bit, so they may use every thread
+        draws[m] = resampled_scores(feats.features, table.labels, feats.probs, ranker.scores, n=int(boot["n"]),
+                                    seed=int(boot["seed"]), device=r.get("device"), options=options)
+        shown = ", ".join(f"{k}={v:.6g}" for k, v in values[m].items())
+        print(f"[rank] {i}/{len(specs)} {m}: {shown} (features {'from the cache' if cached[m] else 'extracted'} at "
+              f"{resolved.input_size} px, {time.perf_counter() - t0:.1f} s)", flush=True)
+    return values, draws, cached
 
 
-def _compute(feats, labels, names: list[str], device: str | None, options: dict, model: str) -> dict[str, float]:
-    from medxfer.scores import ScoreError, compute_scores
-
-    try:
-        return compute_scores(feats.features, labels, feats.probs, names, device=device, options=options or None)
-    except ScoreError as err:
-        raise RankError(f"model {model}: {err}") from err
-
-
-def _rank_table(values: dict[str, dict[str, float]], names: list[str], score: str, kind: str | None,
-                pooling: pd.Series | None, dataset: str) -> pd.DataFrame:
-    """One row per model with its value of ``score`` and its rank (1 = highest value; ties share the best rank;
-    values compare at 10 significant digits, as in the analysis), best first."""
-    models = list(values)
-    if kind is None:
-        value = pd.Series([values[m][score] for m in models], index=models, dtype=float)
-    else:
-        long = pd.DataFrame([{"dataset": dataset, "model": m, "score": s, "value": values[m][s]}
-                             for m in models for s in names])
-        if kind == "rank":
-            pooled = mean_rank(long, names)
-        elif kind == "zscore":
-            pooled = mean_zscore(long, names)
-        else:
-            pooled = apply_pooling(long, pooling)
-        value = pooled.set_index("model")["value"].reindex(models).astype(float)
-    frame = pd.DataFrame({"model": models, "dataset": dataset, "score": score, "value": value.to_numpy()})
-    frame["rank"] = comparable(frame["value"]).rank(ascending=False, method="min").astype(int)
-    if kind is not None:
-        for s in names:
-            frame[f"score/{s}"] = [values[m][s] for m in models]
+def _ranking(ranker: Ranker, values: dict[str, dict[str, float]], draws: dict[str, list[dict[str, float]]],
+             level: float) -> pd.DataFrame:
+    """The ranking table of the models with a value, best first."""
+    present = [m for m in values]
+    value = ranker_values(values, ranker.scores or [ranker.name], ranker.kind, ranker.weights)
+    frame = pd.DataFrame({"model": present, "value": value.reindex(present).to_numpy()})
+    frame["rank"] = rank_of(frame["value"]).to_numpy()
+    n_draws = min((len(d) for d in draws.values()), default=0)
+    if n_draws:
+        per_draw = [ranker_values({m: draws[m][j] for m in present}, ranker.scores, ranker.kind, ranker.weights)
+                    for j in range(n_draws)]
+        intervals = rank_intervals(pd.DataFrame(per_draw).reset_index(drop=True), level=level)
+        frame = frame.join(intervals, on="model")
+    else:  # a data-blind ranker: its ranking does not depend on the images
+        frame["rank_lo"] = frame["rank_hi"] = frame["rank"]
+        frame["p_top"] = (frame["rank"] == 1).astype(float)
+    if ranker.kind is not None:
+        for s in ranker.scores:
+            frame[f"score/{s}"] = [values[m][s] for m in present]
     return frame.sort_values(["rank", "model"], kind="stable").reset_index(drop=True)
 
 
-def _log(ranked: pd.DataFrame, tau: StudyTau, pooling: pd.Series | None, notes: list[str], *, n_samples: int,
-         n_classes: int) -> None:
-    tracking.log_params({"n_samples": n_samples, "n_classes": n_classes, "n_models": len(ranked)})
+def _log(result: RankResult, folder: Path, ranker: Ranker, *, n_samples: int, n_classes: int) -> None:
+    tracking.log_params({"n_samples": n_samples, "n_classes": n_classes, "n_models": len(result.table),
+                         "ranker": result.ranker})
     metrics = {}
-    for _, row in ranked.iterrows():
-        metrics[f"rank/{row['model']}"] = float(row["rank"])
-        metrics[f"score/{row['model']}"] = float(row["value"])
-    for name in ("tau", "tau_lo", "tau_hi"):
-        value = getattr(tau, name)
-        if value is not None and math.isfinite(value):
-            metrics[f"study/{name}"] = float(value)
+    for _, row in result.table.iterrows():
+        for key, col in (("rank", "rank"), ("score", "value"), ("rank_lo", "rank_lo"), ("rank_hi", "rank_hi")):
+            if pd.notna(row[col]):
+                metrics[f"{key}/{row['model']}"] = float(row[col])
+    ev = result.evidence
+    if ev is not None:
+        for key in ("tau", "tau_lo", "tau_hi", "regret", "hit_rate"):
+            value = getattr(ev, key)
+            if value is not None and math.isfinite(value):
+                metrics[f"study/{key}"] = float(value)
+    metrics["shortlist_size"] = float(len(result.shortlist))
     tracking.log_metrics(metrics)
-    tracking.set_tags({"best_model": ",".join(ranked.loc[ranked["rank"] == 1, "model"].astype(str)),
-                                   "tau_source": tau.source or tau.missing or ""})
-    tracking.log_text(ranked.to_csv(index=False), "rank.csv")
-    if notes:
-        tracking.log_text("\n".join(notes) + "\n", "warnings.txt")
-    if pooling is not None:
-        tracking.log_text(pooling.rename("weight").to_frame().to_csv(), "ensemble_weights.csv")
+    tracking.set_tags({"best_model": ",".join(result.best), "shortlist": ",".join(result.shortlist),
+                       "evidence_source": result.evidence_source[:500]})
+    tracking.log_text(result.table.to_csv(index=False), "rank.csv")
+    if result.notes:
+        tracking.log_text("\n".join(result.notes) + "\n", "warnings.txt")
+    if ranker.weights:
+        tracking.log_text(pd.Series(ranker.weights, name="weight").to_frame().to_csv(), "ensemble_weights.csv")
+    for path in sorted(folder.iterdir()):
+        if path.is_file():
+            tracking.log_artifact(path, "report")
