@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 from medxfer.data.tables import table_digest
 from medxfer.digests import FileDigests, digest_store, hash_parts
 
-__all__ = ["SCHEMA", "SPLITS", "Cell", "analysis_cell_id", "digest_store", "finetune_cell", "hash_parts", "score_cell",
+__all__ = ["SCHEMA", "SPLITS", "Cell", "analysis_cell_id", "digest_store", "finetune_cell", "hash_parts",
+           "preprocess_identity", "rank_cell_id", "score_cell",
            "split_name", "splits_digest", "table_digest", "weights_identity"]
 
 if TYPE_CHECKING:
@@ -73,6 +74,14 @@ def analysis_cell_id(manifest_id: str, run_ids: list[str], settings: dict[str, A
     ``bootstrap``, ``ensembles``, ``allow_incomplete``)."""
     return hash_parts({"stage": "analysis", "schema": SCHEMA["analysis"], "manifest": manifest_id,
                        "runs": sorted(run_ids), "settings": settings})
+
+
+def rank_cell_id(models: list[str], data_digest: str, ranker: str, scores: list[str], preprocess: dict[str, Any],
+                 bootstrap: dict[str, Any]) -> str:
+    """The identity of a ranking: the models ranked, the content of the images (:func:`table_digest`), the ranker
+    and the scores it computes, the preprocessing (as a cell part) and the bootstrap of the rank intervals."""
+    return hash_parts({"stage": "rank", "models": sorted(models), "data": data_digest, "ranker": ranker,
+                       "scores": scores, "preprocess": preprocess_identity(preprocess), "bootstrap": bootstrap})
 
 
 def dataset_identity(node: Any) -> Any:

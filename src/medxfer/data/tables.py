@@ -103,14 +103,6 @@ class SampleTable:
         except (UnidentifiedImageError, OSError, SyntaxError) as err:
             raise DataError(f"{self.name}: cannot read image {path} (row {i} of the split): {err}") from None
 
-    def digest(self) -> str:
-        """SHA-256 of the sample ids and labels: changes when the split's content changes."""
-        h = hashlib.sha256()
-        h.update("\n".join(self.class_names).encode())
-        for sample_id, label in zip(self.ids, self.labels.tolist()):
-            h.update(f"\n{sample_id}\t{label}".encode())
-        return h.hexdigest()
-
     def missing_files(self) -> list[int]:
         """Rows whose image file does not exist (none for in-memory images)."""
         if self.paths is None:

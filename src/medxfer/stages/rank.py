@@ -37,7 +37,7 @@ from medxfer.analysis.evidence import (ENSEMBLE_KINDS, Evidence, RankerEvidence,
                                        study_protocol)
 from medxfer.analysis.rank_report import write_report
 from medxfer.analysis.ranking import rank_intervals, rank_of, ranker_values, shortlist_size
-from medxfer.cells import digest_store, hash_parts, table_digest, weights_identity
+from medxfer.cells import digest_store, preprocess_identity, rank_cell_id, table_digest, weights_identity
 from medxfer.config import reference_dir
 from medxfer.data.datasets import check_scoreable, load_dataset
 from medxfer.data.decoded import decoded_cache_for
@@ -261,7 +261,8 @@ def other_settings(c: dict[str, Any], preprocess: dict[str, Any], evidence: Evid
     """Why the evidence's taus are not this ranking's: it scored with other preprocessing or non-default score
     options; None when they agree."""
     theirs_p = evidence.protocol.get("preprocess")
-    if theirs_p is not None and theirs_p != preprocess:
+    # compared as cell parts: full decoding is the same preprocessing whether or not the config names it
+    if theirs_p is not None and preprocess_identity(theirs_p) != preprocess_identity(preprocess):
         def shown(p: dict[str, Any]) -> str:
             return " ".join(f"preprocess.{k}={v}" for k, v in p.items() if v is not None) or "timm's defaults"
 
@@ -370,9 +371,8 @@ def run_rank(cfg: DictConfig, inputs: RankInputs, overrides: list[str] | None = 
     digest = table_digest(table, digest_store(c["paths"]["cache_dir"]))
     schema = {"stage": "rank", "study": c["study"], "dataset": name, "score": ranker.name, "model": "all",
               "split": SPLIT, "evidence": "shipped" if evidence.shipped else "tracked",
-              "cell": hash_parts({"stage": "rank", "models": sorted(models), "data": digest, "ranker": ranker.name,
-                                  "scores": ranker.scores, "preprocess": preprocess,
-                                  "bootstrap": c["rank"]["bootstrap"]})}
+              "cell": rank_cell_id(list(models), digest, ranker.name, ranker.scores, preprocess,
+                                   c["rank"]["bootstrap"])}
     if dataset_cfg.get("source") in ("csv", "folder"):
         schema["dataset_path"] = str(Path(dataset_cfg["root"]) / dataset_cfg.get("csv", "")) \
             if dataset_cfg["source"] == "csv" else str(dataset_cfg["root"])
