@@ -109,9 +109,9 @@ def _expected_choice(corr: pd.DataFrame) -> str:
 
 
 def test_defaults_rank_every_study_model_by_the_tracked_studys_best_ranker(study_project, tracked_study, image_folder):
-    from medxfer.stages.analyze import run_analyze
+    from medxfer.workflows.study import analyze_study
 
-    analysis = run_analyze(tracked_study.analyze_config("bootstrap.n=200"))
+    analysis = analyze_study(tracked_study.analyze_config("bootstrap.n=200"))
     expected = _expected_choice(analysis.iid)
     out = _cli([f"dataset.path={image_folder}", tracked_study.rank_study_overrides(), "extract.progress=false",
                 "rank.bootstrap.n=8"], study_project)
@@ -179,9 +179,9 @@ def test_the_shipped_evidence_is_regenerated_from_a_study_and_labelled():
 def test_medxfer_evidence_writes_what_rank_reads(study_project, tracked_study, tmp_path):
     from medxfer.analysis.evidence import read_evidence
     from medxfer.cli.evidence import write_evidence
-    from medxfer.stages.analyze import run_analyze
+    from medxfer.workflows.study import analyze_study
 
-    analysis = run_analyze(tracked_study.analyze_config("bootstrap.n=50"))
+    analysis = analyze_study(tracked_study.analyze_config("bootstrap.n=50"))
     cfg = compose_config("evidence", [tracked_study.rank_study_overrides(), f"output={tmp_path / 'evidence.json'}"])
     evidence = read_evidence(write_evidence(cfg))
     pooled = analysis.iid[analysis.iid["dataset"] == "ALL"].set_index("score")
@@ -259,7 +259,7 @@ def test_another_folder_with_the_same_file_names_and_labels_is_not_read_from_the
 
 
 def test_tau_comes_from_the_tracked_study(rank_cfg, study_project, tracked_study):
-    from medxfer.stages.analyze import run_analyze
+    from medxfer.workflows.study import analyze_study
 
     grid = [tracked_study.rank_study_overrides()]
     # no analysis run yet: computed from the study's score and fine-tune runs
@@ -284,7 +284,7 @@ def test_tau_comes_from_the_tracked_study(rank_cfg, study_project, tracked_study
     assert linear.evidence is not None
 
     # with an analysis run, its tau and interval are the ones shown
-    analysis = run_analyze(tracked_study.analyze_config("bootstrap.n=50"))
+    analysis = analyze_study(tracked_study.analyze_config("bootstrap.n=50"))
     logged = analysis.iid.set_index(["dataset", "score"])
     every = ",".join(tracked_study.scores)  # the analysis' ensembles combine every score of the study
     for score, extra in (("logme", []), ("ens_rank", [f"score.names=[{every}]"])):
