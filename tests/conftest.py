@@ -42,6 +42,16 @@ def _offline(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_command_warnings():
+    """Each test starts as a new command does: no medxfer warning seen yet (a command shows each form once,
+    medxfer.cli._warnings.OncePerCommand, and an in-process command earlier in the session must not hide one)."""
+    from medxfer.cli import _warnings
+
+    _warnings._ONCE._seen.clear()
+    yield
+
+
 @pytest.fixture
 def project(tmp_path, monkeypatch) -> Path:
     """A fresh project root (mlruns/, data/, .cache/) for one test; the synthetic data folder is shared."""

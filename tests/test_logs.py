@@ -145,6 +145,7 @@ def test_medxfer_warnings_reach_the_log_as_log_lines_once_each(monkeypatch, caps
     shown_by_python = []
     root, handler = logging.getLogger(), Keep()
     monkeypatch.setattr(warnings, "showwarning", lambda message, category, *a, **k: shown_by_python.append(category))
+    monkeypatch.setattr(root, "handlers", [])  # only the stand-in: not handlers earlier in-process commands left
     root.addHandler(handler)
     try:
         filter_known_warnings()
