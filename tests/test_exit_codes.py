@@ -31,6 +31,7 @@ COMMANDS = {
     "medxfer-rank": (["dataset=synthetic_mri"], ["preprocess=smokee"], "medxfer.stages.rank.run_rank"),
     "medxfer-zoo": (["list"], ["list", "format=json", "no_such_key=1"], "medxfer.stages.zoo.run_zoo"),
     "medxfer-data": (["dataset=synthetic_mri"], ["dataset=isic2019x"], "medxfer.stages.data.run_data"),
+    "medxfer-evidence": ([], ["tracking=sqlitee"], "medxfer.cli.evidence.write_evidence"),
 }
 
 

@@ -15,7 +15,7 @@ from medxfer.analysis.correlation import correlate
 from medxfer.analysis.parametric import (
     binomial_accuracies, parametric_ceiling, parametric_resample, published_tables,
 )
-from medxfer.analysis.reference import read_reference
+from medxfer.published import read_reference
 from medxfer.analysis.reliability import GroundTruth, ceiling, resample
 
 BIN = Path(sys.executable).parent

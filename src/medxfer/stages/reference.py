@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from medxfer.analysis.correlation import correlate
 from medxfer.analysis.figures import correlation_figures, save_figure, save_figures, tau_ceiling_figure, tau_heatmap
 from medxfer.analysis.parametric import published_tables
-from medxfer.analysis.reference import read_reference
+from medxfer.published import read_reference
 
 
 @dataclass
