@@ -179,7 +179,7 @@ CASES = [
          (f"{'nowhere'} does not exist", "dataset.root=")),
     Case("csv_file_missing", S, lambda c: [*c.csv_dataset(), "dataset.csv=nope.csv"], ("nope.csv does not exist",)),
     Case("csv_no_label_column", S, lambda c: _csv_text(c, "image,diagnosis\nimg/a0.png,a\n"),
-         ("no column 'label' for labels", "columns are ['image', 'diagnosis']")),
+         ("no column 'label' for labels", "set dataset.label_col=<column>; columns found: ['image', 'diagnosis']")),
     Case("csv_no_image_column", S, lambda c: _csv_text(c, "file,label\nimg/a0.png,a\n"), ("no column 'image' for image paths",)),
     Case("csv_empty_label", S, lambda c: _csv_text(c, "image,label\nimg/a0.png,a\nimg/a1.png,\n"), ("row 3 has an empty label",)),
     Case("csv_empty_image_path", S, lambda c: _csv_text(c, "image,label\n,a\n"), ("row 2: empty image path",)),
