@@ -29,6 +29,28 @@ TINY = [
 ]
 
 
+def write_stand_in_images(root: Path, rel_paths) -> None:
+    """A tiny 8x8 image at ``root / rel`` for each path: one encoded image per format (PNG, JPEG, TIFF by
+    extension), followed by the path (decoders ignore trailing bytes) so that no two files are identical:
+    identical files are refused as duplicates. For split files whose ids matter, not their pixels."""
+    import io
+
+    from PIL import Image
+
+    blobs = {}
+    for ext, fmt in ((".png", "PNG"), (".jpg", "JPEG"), (".tif", "TIFF")):
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8), (150, 90, 60)).save(buf, fmt)
+        blobs[ext] = buf.getvalue()
+    made = set()
+    for rel in rel_paths:
+        path = root / rel
+        if path.parent not in made:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            made.add(path.parent)
+        path.write_bytes(blobs[path.suffix.lower()] + b"\0" + rel.encode())
+
+
 def png_width(path) -> int:
     """The width in pixels of the PNG at ``path`` (its IHDR chunk)."""
     with open(path, "rb") as f:

@@ -6,21 +6,19 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import time
 import tomllib
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
-from PIL import Image
 
 from medxfer.config import reference_dir
 from medxfer.data.datasets import load_dataset
 from medxfer.data.tables import DataError
 from medxfer.stages.data import run_data
 
-from conftest import compose_config
+from conftest import compose_config, write_stand_in_images
 
 SPLITS = Path(reference_dir("chaves2023/splits"))
 FOLDER = {"isic2019": "isic19", "breakhis": "breakhis", "brain_tumor": "brain_tumor"}
@@ -82,20 +80,8 @@ def paper_tree(tmp_path_factory) -> Path:
     decoders ignore trailing bytes) so that no two files are identical: identical files are refused as duplicates."""
     t0 = time.perf_counter()
     root = tmp_path_factory.mktemp("paper_data")
-    blobs = {}
-    for ext, fmt in ((".png", "PNG"), (".jpg", "JPEG"), (".tif", "TIFF")):
-        buf = io.BytesIO()
-        Image.new("RGB", (8, 8), (150, 90, 60)).save(buf, fmt)
-        blobs[ext] = buf.getvalue()
-    made = set()
-    for dataset in FOLDER:
-        for split in (*FILES, "ood"):
-            for rel in published_rows(dataset, split):
-                path = root / rel
-                if path.parent not in made:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    made.add(path.parent)
-                path.write_bytes(blobs[path.suffix.lower()] + b"\0" + rel.encode())
+    write_stand_in_images(root, (rel for dataset in FOLDER for split in (*FILES, "ood")
+                                 for rel in published_rows(dataset, split)))
     print(f"paper image tree: {time.perf_counter() - t0:.1f}s")
     return root
 

@@ -8,18 +8,18 @@ built, no image decoded, no run written). The ids they asked for must be the man
 from __future__ import annotations
 
 import csv
-import io
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from omegaconf import OmegaConf
-from PIL import Image
 
 import medxfer.tracking as tracking
 from medxfer.config import reference_dir
 from medxfer.workflows.grid import StudyGrid, compose_config, study_manifest
+
+from conftest import write_stand_in_images
 
 
 class AskedCells:
@@ -72,21 +72,13 @@ def paper_data(tmp_path_factory) -> Path:
     """Every image the paper's split files name, as a tiny file at its path (distinct bytes per file: identical
     files would be refused as duplicates). Only the ids matter here, not the pixels."""
     root = tmp_path_factory.mktemp("paper_data")
-    blobs = {}
-    for ext, fmt in ((".png", "PNG"), (".jpg", "JPEG"), (".tif", "TIFF")):
-        buf = io.BytesIO()
-        Image.new("RGB", (8, 8), (150, 90, 60)).save(buf, fmt)
-        blobs[ext] = buf.getvalue()
-    made = set()
-    for table in Path(reference_dir("chaves2023/splits")).rglob("*.csv"):
-        with open(table, newline="") as fh:
-            for row in csv.DictReader(fh):
-                rel = row["image"].lstrip("/")
-                path = root / rel
-                if path.parent not in made:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    made.add(path.parent)
-                path.write_bytes(blobs[path.suffix.lower()] + b"\0" + rel.encode())
+
+    def rows():
+        for table in Path(reference_dir("chaves2023/splits")).rglob("*.csv"):
+            with open(table, newline="") as fh:
+                yield from (row["image"].lstrip("/") for row in csv.DictReader(fh))
+
+    write_stand_in_images(root, rows())
     return root
 
 
