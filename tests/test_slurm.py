@@ -10,8 +10,9 @@ slurmd, submitit's handler counting it against ``max_num_timeout`` and calling t
 
 Two shortcuts, both around SLURM's clock rather than medxfer: the test sends that USR2 itself
 (``scancel --signal=USR2``, as submitit's own ``SlurmJob._interrupt(timeout=True)``) once the trial has written
-its first ``last.ckpt``, because slurmctld checks time limits only every 30 s, so a limit that really runs out
-would make the outcome depend on how fast this machine trains; and it releases the requeued job at once
+its first ``last.ckpt`` (freezing the trial with SIGSTOP until the signal is pending in it, so that it lands
+mid-training however fast this machine trains), because slurmctld checks time limits only every 30 s, so a limit
+that really runs out would make the outcome depend on how fast this machine trains; and it releases the requeued job at once
 (``scontrol update StartTime=now``) instead of waiting the ~120 s slurmctld holds it.
 
 Adapted to this CPU node on the command line, as a user would on a cluster without GPUs:
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -134,32 +136,65 @@ def test_score_sweep_runs_as_one_slurm_array_and_finishes_every_cell_once(slurm,
     assert len(set(runs["tags.pid"])) == 4  # one process per array task
 
 
-# Enough epochs that the trial is still training when the time-out signal arrives: an epoch of the tiny data takes
-# a fraction of a second, and the watcher's squeue + scancel take about as long. With 6 epochs the first attempt
-# sometimes finished before the signal, and the requeued one then found the cell FINISHED; with 30 it still did
-# once in a whole slow suite (squeue answers slower while the cluster's other jobs finish).
-FT_EPOCHS = 80
+FT_EPOCHS = 30
+USR2_BIT = 1 << (signal.SIGUSR2 - 1)  # the signal's bit in /proc/<pid>/status's pending masks
+
+
+def _trial_processes(root: Path) -> list[int]:
+    """The pids of the submitit tasks running a trial of the project ``root`` (this one-node cluster is this host)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:  # exited, or not ours to read
+            continue
+        # the task's python, not the srun that started it (srun's command line names the module too)
+        if b"python" in Path(argv[0].decode()).name.encode() and b"submitit.core._submit" in argv \
+                and f"MEDXFER_ROOT={root}".encode() in environ:
+            pids.append(int(proc.name))
+    return pids
+
+
+def _usr2_pending(pid: int) -> bool:
+    masks = {k: v for k, _, v in (line.partition(":") for line in Path(f"/proc/{pid}/status").read_text().splitlines())}
+    return bool((int(masks["SigPnd"], 16) | int(masks["ShdPnd"], 16)) & USR2_BIT)
 
 
 @contextlib.contextmanager
 def _time_out_once_checkpointed(cluster: SlurmCluster, root: Path) -> Iterator[list[str]]:
     """While inside: once the running trial has written its first ``last.ckpt``, send its job the signal SLURM
     sends ``signal_delay_s`` before the time limit (``scancel --signal=USR2``, delivered by slurmd to the task like
-    the real one; submitit's own ``SlurmJob._interrupt(timeout=True)``). Once only. Yields the job ids signalled."""
+    the real one; submitit's own ``SlurmJob._interrupt(timeout=True)``). Once only. Yields the job ids signalled.
+
+    The trial is frozen (SIGSTOP) from its first checkpoint until the signal is pending in it, then thawed: the
+    signal lands mid-training however fast this machine trains and however slowly slurmctld answers."""
     signalled: list[str] = []
     stop = threading.Event()
 
     def watch() -> None:
-        while not signalled and not stop.wait(0.2):
-            if not list(root.rglob("last.ckpt")):
+        while not signalled and not stop.wait(0.05):
+            if not list(root.glob("**/last.ckpt")):
                 continue
+            frozen = _trial_processes(root)
+            for pid in frozen:
+                os.kill(pid, signal.SIGSTOP)
             try:
-                running = cluster.run("squeue", "-h", "-t", "R", "-o", "%i", timeout=15).split()
+                running = cluster.run("squeue", "-h", "-t", "R", "-o", "%i", timeout=30).split()
                 for job_id in running:
-                    cluster.run("scancel", "--signal=USR2", job_id, timeout=15)
+                    cluster.run("scancel", "--signal=USR2", job_id, timeout=30)
                     signalled.append(job_id)
-            except (RuntimeError, subprocess.TimeoutExpired):
+                deadline = time.monotonic() + 60
+                while frozen and not all(_usr2_pending(pid) for pid in frozen) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            except (RuntimeError, subprocess.TimeoutExpired, OSError):
                 continue
+            finally:
+                for pid in frozen:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGCONT)
 
     thread = threading.Thread(target=watch, name="time-out", daemon=True)
     thread.start()
@@ -167,7 +202,7 @@ def _time_out_once_checkpointed(cluster: SlurmCluster, root: Path) -> Iterator[l
         yield signalled
     finally:
         stop.set()
-        thread.join(timeout=30)
+        thread.join(timeout=90)
 
 
 def test_finetune_trial_timed_out_on_slurm_is_requeued_and_resumes_from_last_ckpt(slurm, tmp_path, shared_data_dir):
