@@ -31,7 +31,7 @@ from medxfer.digests import FileDigests, digest_store, hash_parts
 
 __all__ = ["SCHEMA", "SPLITS", "Cell", "analysis_cell_id", "digest_store", "finetune_cell", "hash_parts",
            "preprocess_identity", "rank_cell_id", "score_cell",
-           "split_name", "splits_digest", "table_digest", "weights_identity"]
+           "split_name", "splits_digest", "stop_epoch", "table_digest", "weights_identity"]
 
 if TYPE_CHECKING:
     from medxfer.data.tables import DatasetSplits, SampleTable
@@ -146,13 +146,16 @@ class Cell:
     trial: int | None = None
     seed: int | None = None
     sweep: str | None = None  # fine-tune: the id shared by the trials of one search (same seed)
+    stop_epoch: int | None = None  # fine-tune, a rung of a halving search: it trains to this epoch, not max_epochs
+    point: str | None = None  # fine-tune: the id of the full-budget cell of this trial (its own when full)
 
     @property
     def run_name(self) -> str:
         """The MLflow run name, readable in full: ``model@dataset/split``, ``model@dataset#trial3`` (``.s1`` for
         seed 1)."""
         if self.kind == "finetune":
-            return f"{self.model}@{self.dataset}#trial{self.trial}" + (f".s{self.seed}" if self.seed else "")
+            return (f"{self.model}@{self.dataset}#trial{self.trial}" + (f".s{self.seed}" if self.seed else "")
+                    + (f"@{self.stop_epoch}ep" if self.stop_epoch is not None else ""))
         return f"{self.model}@{self.dataset}/{self.split}"
 
     def tags(self, study: str | None = None, *, extra: dict[str, str] | None = None,
@@ -167,6 +170,8 @@ class Cell:
                      "weights_id": self.weights_id})
         if self.kind == "finetune":
             tags.update({"trial": str(self.trial), "seed": str(self.seed), "sweep": str(self.sweep)})
+            if self.stop_epoch is not None:
+                tags["stop_epoch"] = str(self.stop_epoch)
         if study is not None:
             tags["study"] = study
         return tags
@@ -198,5 +203,22 @@ def finetune_cell(c: dict[str, Any], data_digest: str, weights_id: str) -> Cell:
         "data": data_digest, "weights": weights_id,
     }
     sweep = hash_parts(parts)
-    return Cell("finetune", c["model"]["name"], c["dataset"]["name"], "train", hash_parts({**parts, "trial": c["trial"]}),
-                parts["data"], weights_id, trial=int(c["trial"]), seed=int(c["finetune"]["seed"]), sweep=sweep)
+    point = hash_parts({**parts, "trial": c["trial"]})
+    # A rung of a halving search (stop_epoch below max_epochs) is its own cell; the full budget is the trial's
+    # cell whichever search reached it, as the rungs follow the full budget's schedule.
+    stop = stop_epoch(c["finetune"])
+    cell_id = point if stop is None else hash_parts({**parts, "trial": c["trial"], "stop_epoch": stop})
+    return Cell("finetune", c["model"]["name"], c["dataset"]["name"], "train", cell_id, parts["data"], weights_id,
+                trial=int(c["trial"]), seed=int(c["finetune"]["seed"]), sweep=sweep, stop_epoch=stop, point=point)
+
+
+def stop_epoch(ft: dict[str, Any]) -> int | None:
+    """The epoch a fine-tune config's trial stops at when it is a rung of a halving search
+    (``finetune.stop_epoch`` below ``finetune.max_epochs``), else None: the trial trains its full budget."""
+    stop = ft.get("stop_epoch")
+    if stop is None:
+        return None
+    if isinstance(stop, bool) or not isinstance(stop, int) or not 1 <= stop <= ft["max_epochs"]:
+        raise ValueError(f"finetune.stop_epoch={stop!r}: expected null or an integer in 1..finetune.max_epochs "
+                         f"({ft['max_epochs']})")
+    return None if stop == ft["max_epochs"] else stop

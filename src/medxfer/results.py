@@ -92,6 +92,8 @@ def load_study(
         score_runs = score_runs[score_runs["tags.split"].isin(["iid", "train"])]
     scores = _latest(score_runs, ["tags.model", "tags.dataset"])
     finetune = finetune_runs
+    if len(finetune) and "tags.stop_epoch" in finetune.columns:  # a halving search's rungs are not results
+        finetune = finetune[finetune["tags.stop_epoch"].isna()]
     def restrict(frame: pd.DataFrame) -> pd.DataFrame:
         if len(frame) == 0:
             return frame
@@ -142,7 +144,13 @@ def manifest_tables(manifest: Manifest, score_runs: pd.DataFrame, finetune_runs:
 def _extra(frame: pd.DataFrame, ids: list[str]) -> int:
     if len(frame) == 0 or "tags.cell" not in frame.columns:
         return len(frame)
-    return int((~frame["tags.cell"].isin(set(ids))).sum())
+    extra = ~frame["tags.cell"].isin(set(ids))
+    # a halving search's rungs, and the points of its last rung it did not select: how the study found its cells
+    if "tags.stop_epoch" in frame.columns:
+        extra &= frame["tags.stop_epoch"].isna()
+    if "tags.search" in frame.columns:
+        extra &= frame["tags.search"] != "halving"
+    return int(extra.sum())
 
 
 def _seed_means(selected: pd.DataFrame) -> pd.DataFrame:

@@ -149,6 +149,16 @@ def _log_reliability(out: Reliability) -> None:
     print(f"[analyze] ground truth reliability:\n{out.reliability.round(3).to_string(index=False)}", flush=True)
 
 
+def ground_truth_protocol(selected: pd.DataFrame) -> str:
+    """The fine-tune protocol behind the ground truth, as its runs record it (``search_protocol``; runs that
+    predate the tag, or were fine-tuned alone, say so)."""
+    col = "tags.search_protocol"
+    found = sorted(set(selected[col].dropna())) if col in selected.columns else []
+    unstated = len(selected) - (int(selected[col].notna().sum()) if col in selected.columns else 0)
+    parts = found + ([f"{unstated} run(s) without a recorded search protocol"] if unstated else [])
+    return "; ".join(parts) or "no fine-tune runs"
+
+
 def run_analyze(cfg: DictConfig, manifest: Manifest | Callable[[], Manifest] | None,
                 overrides: list[str] | None = None) -> AnalysisResult:
     """Correlate the scores of the study's ``manifest`` with fine-tuned balanced accuracy, in distribution and out
@@ -222,7 +232,10 @@ def run_analyze(cfg: DictConfig, manifest: Manifest | Callable[[], Manifest] | N
     ood = correlate(ood_table, n_boot=boot["n"], seed=boot["seed"]) if len(ood_table) else pd.DataFrame()
     figures_dir = Path(c["figures_dir"])
     experiment_id = ensure_experiment(c["tracking"]["experiment"], c["tracking"].get("artifact_root"))
+    protocol = ground_truth_protocol(tables.selected)
+    print(f"[analyze] ground truth: {protocol}", flush=True)
     tags = {"stage": "analysis", "study": study, "model": "all", "dataset": "all", "split": "iid+ood", "cell": cell,
+            "ground_truth": protocol,
             **({"manifest": tables.manifest_id} if tables.manifest_id else {"manifest": "legacy"})}
     with cell_run(experiment_id, run_name=f"{study}-analysis", tags=tags, config=c, overrides=overrides) as run:
         figures = []
@@ -233,13 +246,13 @@ def run_analyze(cfg: DictConfig, manifest: Manifest | Callable[[], Manifest] | N
                                                     lambda run_id: predictions_of(run_id, downloads))
         _log_reliability(reliability)
         figures += reliability.figures
-        figs = correlation_figures(iid_table, iid, title=f"{study}: ImageNet-feature scores vs test balanced accuracy",
+        figs = correlation_figures(iid_table, iid, title=f"{study}: ImageNet-feature scores vs test balanced accuracy\n{protocol}",
                                    target_label="test bal. acc.", scores=_score_order(iid_table, names + list(BASELINES)),
                                    errors=reliability.accuracy)
         figures += save_figures(figs, figures_dir / "correlation_iid")
         if len(ood):
             _log_correlations(ood, "ood_")
-            figs = correlation_figures(ood_table, ood, title=f"{study}: fine-tuned-model scores on the OOD set vs OOD balanced accuracy",
+            figs = correlation_figures(ood_table, ood, title=f"{study}: fine-tuned-model scores on the OOD set vs OOD balanced accuracy\n{protocol}",
                                        target_label="OOD bal. acc.", scores=_score_order(ood_table, names))
             figures += save_figures(figs, figures_dir / "correlation_ood")  # at most 8 score columns per figure
         with tempfile.TemporaryDirectory() as tmp:

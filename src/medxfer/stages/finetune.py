@@ -41,7 +41,7 @@ from medxfer.plans import Sources, finetune_plan, finetune_settings, model_and_p
 from medxfer.scores.isolated import compute_isolated, single_thread
 from medxfer import tracking
 from medxfer.analysis.selection import SELECTION_METRIC, selected_run
-from medxfer.cells import digest_store, table_digest
+from medxfer.cells import digest_store, stop_epoch, table_digest
 from medxfer.training.callbacks import MlflowEpochMetrics
 from medxfer.training.checkpoints import (
     BEST, KEEP_CHOICES, LAST, AtomicCheckpointIO, TrialCheckpoints, prune_checkpoints, read_checkpoint,
@@ -60,7 +60,8 @@ class FinetuneConfigError(MedxferError, ValueError):
 
 @dataclass
 class FinetuneResult:
-    """What one trial produced. ``metrics`` is None when the trial was skipped (its run had FINISHED)."""
+    """What one trial produced. A trial skipped because its run had FINISHED carries that run's metrics; one
+    skipped because another process holds it has none. ``checkpoints``: the trial's checkpoint folder."""
 
     trial: int
     lr: float
@@ -72,6 +73,7 @@ class FinetuneResult:
     resumed_from_epoch: int | None = None
     deleted_checkpoints: list[str] = field(default_factory=list)
     cell: str | None = None
+    checkpoints: str | None = None
 
 
 def check_finetune_config(ft: dict[str, Any]) -> None:
@@ -91,16 +93,21 @@ def check_finetune_config(ft: dict[str, Any]) -> None:
                                   f"{list(MEMORY_FORMATS)}")
     if not ft.get("checkpoint_dir"):
         raise FinetuneConfigError("finetune.checkpoint_dir is not set; it is where a trial's checkpoints go")
+    try:
+        stop_epoch(ft)
+    except ValueError as err:
+        raise FinetuneConfigError(str(err)) from None
 
 
 def run_finetune(
     cfg: DictConfig, overrides: list[str] | None = None, *, callbacks: Sequence[L.Callback] = (),
-    sources: Sources | None = None,
+    sources: Sources | None = None, tags: dict[str, str] | None = None,
 ) -> FinetuneResult:
     """Fine-tune one Halton trial (``cfg.trial``) of one (model, dataset) pair and log it as one MLflow run.
 
     ``callbacks`` are extra Lightning callbacks for the Trainer (tests use one to interrupt a fit); ``sources``:
-    datasets and weights already read by this process (a study's trials share them).
+    datasets and weights already read by this process (a study's trials share them); ``tags``: more tags for the
+    run, not part of the cell (a study's search protocol).
     """
     c = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     ft = c["finetune"]
@@ -118,13 +125,15 @@ def run_finetune(
     dataset_name = c["dataset"]["name"]
     seed = f", seed {ft['seed']}" if ft["seed"] else ""
     label = f"[finetune{cell_position()}] {cell.run_name} (lr={lr:.3g}, wd={wd:.3g}{seed})"
+    # the rungs of a halving search share the trial's folder: each goes on from the checkpoint the rung below left
+    checkpoints = TrialCheckpoints(ft["checkpoint_dir"], cell.point or cell.id)
     done = None if c["force"] else tracking.finished_runs_of(experiment_id, [cell.id]).get(cell.id)
     if done:
         print(f"{label}: done (run {done.info.run_id}), skipping", flush=True)
-        return FinetuneResult(trial, lr, wd, done.info.run_id, skipped=True, cell=cell.id)
+        return FinetuneResult(trial, lr, wd, done.info.run_id, skipped=True, cell=cell.id,
+                              metrics=dict(done.data.metrics), checkpoints=str(checkpoints.path))
 
     model, preprocess = model_and_preprocess(spec, plan.weights, c["preprocess"], dataset_name)
-    checkpoints = TrialCheckpoints(ft["checkpoint_dir"], cell.id)
     resume = None if c["force"] else checkpoints.resumable()
     resume_epoch = None
     if resume is not None:
@@ -133,8 +142,12 @@ def run_finetune(
         except (RuntimeError, KeyError, TypeError) as err:  # e.g. truncated when the machine went down
             log.warning("cannot resume from %s (%s); training trial %s from the start", resume, err, trial)
             resume = None
+    if resume_epoch is not None and resume_epoch > (cell.stop_epoch or ft["max_epochs"]):
+        raise FinetuneConfigError(
+            f"{label}: {resume} has trained {resume_epoch} epochs, past this rung's finetune.stop_epoch="
+            f"{cell.stop_epoch} (a later rung of the search went on from it); force=true trains the rung again")
     tags = cell.tags(c["study"], extra={"weights_source": plan.weights.kind, **model_tags(spec, dataset_name),
-                                        **plan.data.run_tags()}, user=c.get("tags"))
+                                        **plan.data.run_tags(), **(tags or {})}, user=c.get("tags"))
     if resume is not None:
         tags["resumed_from_epoch"] = str(resume_epoch)
     t_start = time.perf_counter()
@@ -144,7 +157,7 @@ def run_finetune(
         run = claimed.__enter__()
     except tracking.CellClaimed as err:  # another process has the trial: its checkpoints are left alone
         print(f"{label}: {err}", flush=True)
-        return FinetuneResult(trial, lr, wd, None, skipped=True, cell=cell.id)
+        return FinetuneResult(trial, lr, wd, None, skipped=True, cell=cell.id, checkpoints=str(checkpoints.path))
     with contextlib.ExitStack() as stack:
         stack.push(claimed)
         if resume is not None:
@@ -170,12 +183,20 @@ def run_finetune(
                                momentum=ft["momentum"], nesterov=ft["nesterov"], eta_min=ft["eta_min"],
                                memory_format=ft["memory_format"])
             t0 = time.perf_counter()
-            trainer, best_path = _fit(module, loaders, ft, checkpoints, resume, callbacks)
+            trainer, best_path = _fit(module, loaders, ft, checkpoints, resume, callbacks, cell.stop_epoch)
             fit_s = time.perf_counter() - t0
-            metrics = _evaluate(trainer, module, best_path, loaders, data, preprocess, ft, names, ood_options)
+            if cell.stop_epoch is not None:
+                metrics = _rung_metrics(best_path)
+            else:
+                metrics = _evaluate(trainer, module, best_path, loaders, data, preprocess, ft, names, ood_options)
         metrics.update({"time/fit_s": fit_s, "time/total_s": time.perf_counter() - t_start})
         _log_final(metrics)
         run_id = run.info.run_id
+        if cell.stop_epoch is not None:  # a rung: its checkpoints stay for the next rung
+            print(f"{label}: rung to epoch {cell.stop_epoch}: val/bal_acc={metrics[SELECTION_METRIC]:.3f} "
+                  f"in {metrics['time/total_s']:.1f}s", flush=True)
+            return FinetuneResult(trial, lr, wd, run_id, skipped=False, metrics=metrics,
+                                  resumed_from_epoch=resume_epoch, cell=cell.id, checkpoints=str(checkpoints.path))
         kept = checkpoints.keep_as(best_path, run_id)
         tracking.set_tags({"checkpoint_path": str(kept), "checkpoint_digest": file_sha256(kept),
                            "checkpoint_keep": ft["keep"]})
@@ -185,7 +206,8 @@ def run_finetune(
     print(f"{label}: {summary} in {metrics['time/total_s']:.1f}s", flush=True)
     return FinetuneResult(trial, lr, wd, run_id, skipped=False, metrics=metrics,
                           checkpoint=str(kept) if kept.is_file() else None,
-                          resumed_from_epoch=resume_epoch, deleted_checkpoints=deleted, cell=cell.id)
+                          resumed_from_epoch=resume_epoch, deleted_checkpoints=deleted, cell=cell.id,
+                          checkpoints=str(checkpoints.path))
 
 
 def _log_inputs(data: DatasetSplits, preprocess: Preprocess, *, lr: float, wd: float, trial: int) -> None:
@@ -202,9 +224,10 @@ def _log_inputs(data: DatasetSplits, preprocess: Preprocess, *, lr: float, wd: f
 
 def _fit(
     module: FineTuner, loaders: dict[str, Any], ft: dict[str, Any], checkpoints: TrialCheckpoints,
-    resume: Path | None, callbacks: Sequence[L.Callback],
+    resume: Path | None, callbacks: Sequence[L.Callback], stop_epoch: int | None = None,
 ) -> tuple[L.Trainer, str]:
-    """Train (from ``resume`` when given); returns the trainer and the path of the lowest-val/loss checkpoint."""
+    """Train (from ``resume`` when given) up to ``stop_epoch`` (None: ``max_epochs``); returns the trainer and the
+    path of the lowest-val/loss checkpoint."""
     best_cb = ModelCheckpoint(
         dirpath=checkpoints.path, filename=BEST, monitor="val/loss", mode="min", save_top_k=1,
         enable_version_counter=False,
@@ -215,7 +238,7 @@ def _fit(
     resume_cb = ModelCheckpoint(
         dirpath=checkpoints.path, filename=LAST, monitor=None, save_top_k=1, enable_version_counter=False,
     )
-    trainer = _trainer(ft, [best_cb, resume_cb, MlflowEpochMetrics(), *callbacks])
+    trainer = _trainer(ft, [best_cb, resume_cb, MlflowEpochMetrics(), *callbacks], stop_epoch)
     with _quiet_lightning_warnings(), _interrupt_as_keyboard_interrupt(trainer):
         trainer.fit(module, loaders["train"], loaders["val"], ckpt_path=resume, weights_only=True)
     best_path = best_cb.best_model_path or str(checkpoints.best)
@@ -258,10 +281,22 @@ def _evaluate(
     return metrics
 
 
-def _trainer(ft: dict[str, Any], callbacks: list[L.Callback]) -> L.Trainer:
+def _rung_metrics(best_path: str) -> dict[str, float]:
+    """What a rung reports for the search to select by: the validation metrics of its lowest-val/loss checkpoint
+    so far (over the rungs below too, as a full trial's selection would see them at this epoch)."""
+    best = read_checkpoint(best_path)
+    val = best.get(VAL_METRICS) or {}
+    if not {"val/loss", "val/bal_acc"} <= set(val):
+        raise RuntimeError(f"{best_path} holds no validation metrics (written by an older medxfer); train the rung "
+                           "again with force=true")
+    return {"best_epoch": float(best["epoch"]), "best/val_loss": float(val["val/loss"]),
+            SELECTION_METRIC: float(val["val/bal_acc"])}
+
+
+def _trainer(ft: dict[str, Any], callbacks: list[L.Callback], stop_epoch: int | None = None) -> L.Trainer:
     quiet_lightning()
     return L.Trainer(
-        max_epochs=ft["max_epochs"], accelerator=ft["accelerator"], devices=1, precision=ft["precision"],
+        max_epochs=stop_epoch or ft["max_epochs"],  # the module's cosine schedule spans ft["max_epochs"] regardless accelerator=ft["accelerator"], devices=1, precision=ft["precision"],
         deterministic=ft["deterministic"], logger=False, callbacks=callbacks,
         enable_progress_bar=show_progress(ft["progress"], "finetune.progress"), enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1, plugins=[AtomicCheckpointIO()],
     )
@@ -373,6 +408,7 @@ def _apply_keep(experiment_id: str, sweep: str, keep: str) -> list[str]:
     import pandas as pd
 
     runs = tracking.search(experiment_id, f"tags.sweep = '{sweep}' and attributes.status = 'FINISHED'")
+    runs = [r for r in runs if "stop_epoch" not in r.data.tags]  # a halving search's rungs keep no checkpoint
     if not runs:
         return []
     frame = pd.DataFrame([{

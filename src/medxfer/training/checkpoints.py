@@ -68,6 +68,11 @@ class TrialCheckpoints:
         os.replace(best_path, final)
         return final
 
+    def discard(self) -> None:
+        """Delete a trial's working checkpoints that nothing will train further (a point a halving search left
+        behind), and its folders when empty."""
+        self.finish("none", self.best)
+
     def finish(self, keep: str, kept: Path) -> None:
         """After the run ended: ``last.ckpt`` has done its job; ``keep=none`` also deletes ``kept``. The folder
         (and the trial-<i> folder above it) goes when nothing is left in it."""

@@ -16,6 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from medxfer.config import config_dir
 from medxfer.manifest import Manifest
+from medxfer.training.halving import Halving
+from medxfer.workflows.search import search_settings, search_state
 
 
 def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
@@ -64,12 +66,13 @@ def analyze_overrides(c: dict[str, Any]) -> list[str]:
 
 
 def grid(c: dict[str, Any]) -> tuple[list[tuple[str, str]], list[tuple[str, str, int, int]]]:
-    """The study's (model, dataset) pairs and, when fine-tuning is enabled, its (model, dataset, trial, seed)s."""
+    """The study's (model, dataset) pairs and, when fine-tuning is enabled with ``finetune.search=grid``, its
+    (model, dataset, trial, seed)s. A halving search's trials depend on its results (:class:`StudyGrid`)."""
     pairs = [(m, d) for d in c["datasets"] for m in c["models"]]
     ft = c["finetune"]
-    trials = [(m, d, int(t), int(s)) for (m, d) in pairs for t in ft["trials"] for s in (ft.get("seeds") or [0])] \
-        if ft.get("enabled", True) else []
-    return pairs, trials
+    if not ft.get("enabled", True) or ft.get("search", "grid") != "grid":
+        return pairs, []
+    return pairs, [(m, d, int(t), int(s)) for (m, d) in pairs for t in ft["trials"] for s in (ft.get("seeds") or [0])]
 
 
 #: The keys of a study config that define its grid (the manifest); the analysis it runs reads the same grid.
@@ -85,7 +88,12 @@ class StudyGrid:
     def __init__(self, c: dict[str, Any]):
         self.c = c
         self.pairs, self.trials = grid(c)
+        ft = c["finetune"]
+        self.search = search_settings(ft) if ft.get("enabled", True) else None
         self._composed: dict[tuple[str, tuple[str, ...]], DictConfig] = {}
+        self._finished: dict[str, dict[str, float]] | None = None
+        self._listing: Any = None
+        self._notes: list[str] = []
 
     def _compose(self, name: str, overrides: list[str]) -> DictConfig:
         key = (name, tuple(overrides))
@@ -108,6 +116,73 @@ class StudyGrid:
         cfg.finetune.seed = seed
         return cfg
 
+    def protocol_tags(self, model: str, dataset: str, rung: int | None = None) -> dict[str, str]:
+        """The fine-tune protocol as tags for the runs of (model, dataset) (and, under halving, the rung), which
+        the study puts on every fine-tune run it starts: not part of the cell, nor of its config."""
+        ft = self.search
+        if ft is None:
+            return {}
+        max_epochs = int(self.trial_config(model, dataset, ft.points[0], ft.seeds[0]).finetune.max_epochs)
+        tags = ft.protocol(max_epochs)
+        if rung is not None:
+            tags["search_rung"] = f"{rung + 1}/{self.halving(model, dataset).rungs}"
+        return tags
+
+    def halving(self, model: str, dataset: str) -> Halving:
+        """The halving search of one (model, dataset): the study's points up to its fine-tune config's epochs."""
+        assert self.search is not None and self.search.kind == "halving", "finetune.search is not halving"
+        ft = self.search
+        return ft.halving(int(self.trial_config(model, dataset, ft.points[0], ft.seeds[0]).finetune.max_epochs))
+
+    def rung_config(self, model: str, dataset: str, point: int, rung: int, seed: int) -> DictConfig:
+        """The fine-tune config of one rung of one point of the halving search of (model, dataset): the trial's
+        config stopping at the rung's budget (``finetune.stop_epoch``; the last rung is the trial's full budget)."""
+        h = self.halving(model, dataset)
+        cfg = self.trial_config(model, dataset, point, seed)
+        cfg.finetune.stop_epoch = None if rung == h.rungs - 1 else h.budgets[rung]
+        return cfg
+
+    def finished_metrics(self) -> dict[str, dict[str, float]]:
+        """The metrics of the newest FINISHED run of each fine-tune cell in the study's store (read once)."""
+        if self._finished is None:
+            from medxfer import tracking
+
+            tracking.setup_tracking(self.c["tracking"]["uri"])
+            experiment = tracking.experiment_id_of(f"{self.c['study']}/finetune")
+            runs = tracking.search_all(experiment, "attributes.status = 'FINISHED'") if experiment else []
+            newest: dict[str, Any] = {}
+            for run in runs:
+                cell = run.data.tags.get("cell")
+                if cell and (cell not in newest or run.info.start_time > newest[cell].info.start_time):
+                    newest[cell] = run
+            self._finished = {cell: dict(run.data.metrics) for cell, run in newest.items()}
+        return self._finished
+
+    def search_configs(self, model: str, dataset: str) -> tuple[list[DictConfig], str | None]:
+        """The fine-tune configs of one (model, dataset) that its ground truth reads, with a note when the search
+        is unfinished: under halving, the selected point at every seed once the search has finished (read from the
+        store), else the rung cells still to train."""
+        from medxfer.plans import finetune_plan
+
+        ft = self.search
+        h = self.halving(model, dataset)
+        cfg = lambda point, rung, seed: self.rung_config(model, dataset, point, rung, seed)  # noqa: E731
+        cell = lambda point, rung: finetune_plan(  # noqa: E731
+            OmegaConf.to_container(cfg(point, rung, ft.seeds[0]), resolve=True), self._sources()).cell.id
+        state = search_state(h, lambda point, rung: self.finished_metrics().get(cell(point, rung)))
+        if state.selected is not None:
+            return [cfg(state.selected, h.rungs - 1, seed) for seed in ft.seeds], None
+        note = (f"{model}@{dataset}: the halving search is unfinished: rung {state.rung + 1}/{h.rungs} has "
+                f"point(s) {state.pending} to train")
+        return [cfg(point, state.rung, ft.seeds[0]) for point in state.pending], note
+
+    def _sources(self) -> Any:
+        from medxfer.plans import Sources
+
+        if self._listing is None:  # weights named, not fetched: the cells are listed, not run
+            self._listing = Sources(self.c["paths"]["cache_dir"], listing=True)
+        return self._listing
+
     def analyze_config(self) -> DictConfig:
         """The analyze config of the study, reading the cells of this grid."""
         cfg = self._compose("analyze", analyze_overrides(self.c))
@@ -117,17 +192,33 @@ class StudyGrid:
 
     def plans(self) -> list[Any]:
         """The plan of every cell of the grid, score cells first (datasets read and weights named once)."""
-        from medxfer.plans import Sources, finetune_plan, score_plan
+        from medxfer.plans import finetune_plan, score_plan
 
-        sources = Sources(self.c["paths"]["cache_dir"], listing=True)
+        sources = self._sources()
         resolved = lambda cfg: OmegaConf.to_container(cfg, resolve=True)  # noqa: E731
         plans: list[Any] = [score_plan(resolved(self.score_config(m, d)), sources) for m, d in self.pairs]
         plans += [finetune_plan(resolved(self.trial_config(m, d, t, s)), sources) for m, d, t, s in self.trials]
+        self._notes = []
+        if self.search is not None and self.search.kind == "halving":
+            for m, d in self.pairs:
+                configs, note = self.search_configs(m, d)
+                plans += [finetune_plan(resolved(cfg), sources) for cfg in configs]
+                self._notes += [note] if note else []
         return plans
 
     def manifest(self) -> Manifest:
-        """Every cell of the study: the cells of its plans."""
-        return Manifest.from_plans(self.c["study"], self.plans())
+        """Every cell of the study: the cells of its plans (under halving, those its search has reached)."""
+        manifest = Manifest.from_plans(self.c["study"], self.plans())
+        manifest.notes += self._notes
+        return manifest
+
+    def protocol_title(self) -> str | None:
+        """The fine-tune protocol in one line (:meth:`medxfer.workflows.search.SearchSettings.title`)."""
+        if self.search is None:
+            return None
+        m, d = self.pairs[0]
+        max_epochs = int(self.trial_config(m, d, self.search.points[0], self.search.seeds[0]).finetune.max_epochs)
+        return self.search.title(max_epochs)
 
 
 def study_models() -> list[str]:
