@@ -143,14 +143,19 @@ def _each_evidence(y_, f, fh, v, s, vh, n, d):
     return evidence / n
 
 
-def ref_logme(features, labels):
-    """LogME with the full D x D SVD of F^T F (the variant that is right for N < D)."""
+def ref_logme(features, labels, rank=None):
+    """LogME with the full D x D SVD of F^T F (the variant that is right for N < D).
+
+    ``rank``: the rank of the features when known (e.g. the number of distinct rows of a bootstrap draw); the
+    singular values beyond it are set to 0, as in exact arithmetic, instead of the rounding the SVD returns."""
     f = np.asarray(features, dtype=np.float64)
     y, n_classes = encode_labels(labels)
     fh = f
     f = f.transpose()
     d, n = f.shape
     v, s, vh = np.linalg.svd(f @ fh, full_matrices=True)
+    if rank is not None:
+        s[rank:] = 0.0
     evidences = [
         _each_evidence((y == i).astype(np.float64), f, fh, v, s, vh, n, d) for i in range(n_classes)
     ]

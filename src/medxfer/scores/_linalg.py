@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "eigh_ascending",
     "eigh_descending",
     "flip_signs_like_sklearn",
     "gram",
@@ -138,11 +139,19 @@ def eigh_descending(symmetric: "torch.Tensor", threads: int | None = None) -> tu
 
     if threads is None:
         threads = threads_for_synchronised_work(symmetric.device)
-    with limited_threads(symmetric.device, threads):
-        try:
-            values, vectors = torch.linalg.eigh(symmetric)
-        except RuntimeError as err:  # torch.linalg.LinAlgError derives from RuntimeError
-            raise ScoreError(f"the eigendecomposition of the feature covariance failed ({err})") from err
+    values, vectors = eigh_ascending(symmetric, threads, "the feature covariance")
     values = torch.flip(values, dims=(0,))
     vectors = torch.flip(vectors, dims=(1,))
     return values, flip_signs_like_sklearn(vectors)
+
+
+def eigh_ascending(symmetric: "torch.Tensor", threads: int, what: str) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """``torch.linalg.eigh`` (eigenvalues increasing, eigenvectors as columns, signs as LAPACK returns them) on at
+    most ``threads`` CPU threads; a failure is a :class:`ScoreError` naming ``what`` was decomposed."""
+    import torch
+
+    with limited_threads(symmetric.device, threads):
+        try:
+            return torch.linalg.eigh(symmetric)
+        except RuntimeError as err:  # torch.linalg.LinAlgError derives from RuntimeError
+            raise ScoreError(f"the eigendecomposition of {what} failed ({err})") from err

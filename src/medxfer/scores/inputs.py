@@ -174,7 +174,7 @@ class ScoreInputs:
 
     Attributes that are computed on first access (and then shared by every score using the same object):
     ``features`` and ``probs`` (float64 NumPy), ``x`` (float64 torch on the device), ``mean``, ``centred``,
-    ``centred_class_sums``, ``class_sums``, ``centred_gram``, ``cov``, ``cov_eigh`` and ``pca(k)``.
+    ``centred_class_sums``, ``class_sums``, ``distinct_rows``, ``centred_gram``, ``cov``, ``cov_eigh`` and ``pca(k)``.
     """
 
     def __init__(self, features: Any, labels: Any, probs: Any = None, *, device: Any = None) -> None:
@@ -278,6 +278,18 @@ class ScoreInputs:
     def class_sums(self) -> "torch.Tensor":
         """(C, D) sums of the raw features per class (F^T y for one-hot y)."""
         return self.centred_class_sums + self.counts_tensor[:, None] * self.mean
+
+    @cached_property
+    def distinct_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(first, inverse)``: the index of each distinct feature row's first occurrence (in order), and for every
+        row the position of its distinct row in ``first``.  Rows are the same when their bytes are (bootstrap draws
+        repeat rows); ``features[first][inverse]`` is ``features``."""
+        seen: dict[bytes, int] = {}
+        inverse = np.fromiter((seen.setdefault(row.tobytes(), len(seen)) for row in self.raw_features),
+                              dtype=np.int64, count=self.n_samples)
+        first = np.full(len(seen), self.n_samples, dtype=np.int64)
+        np.minimum.at(first, inverse, np.arange(self.n_samples))
+        return first, inverse
 
     @cached_property
     def centred_gram(self) -> "torch.Tensor":
