@@ -116,7 +116,7 @@ def _q(items):
 
 
 def _study(shared_data_dir, search):
-    score = [*TINY_STAGE, "extract.progress=false", "score=[logme,leep]"]
+    score = [*TINY_STAGE, "extract.progress=false", "score.names=[logme,leep]"]
     finetune = [*TINY_STAGE, "finetune=smoke", "finetune.max_epochs=3", "finetune.progress=false", "ood_scores=[]"]
     return compose_config("study", [
         f"paths.data_dir={shared_data_dir}", f"models=[{','.join(MODELS)}]", "datasets=[synthetic_derm]",

@@ -59,6 +59,8 @@ class LeakReport:
         dropped: rows removed per split (``drop_leaked``; empty under ``keep``).
         examples: ``"<key>"`` -> a few ids of leaked rows, for messages and ``medxfer-data``.
         rows: ``"<split>"`` -> the row indices (into the table as given) of every leaked row of that split.
+        ids: ``"<split>"`` -> the sample ids of those rows (they survive subsampling; the analysis reads a
+            fine-tuned model's accuracy on the test rows that do not leak by them).
     """
 
     policy: str
@@ -70,6 +72,7 @@ class LeakReport:
     dropped: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)
     rows: dict[str, list[int]] = field(default_factory=dict, repr=False)
+    ids: dict[str, list[str]] = field(default_factory=dict, repr=False)
 
     @property
     def any(self) -> bool:
@@ -165,7 +168,8 @@ def find_leaks(tables: dict[str, SampleTable], policy: str = "keep") -> LeakRepo
     report = LeakReport(policy=policy, identical={k: len(v) for k, v in identical.items()},
                         train_copies=len(copies), groups=group_rows, group_counts=group_counts,
                         conflicts=conflicts, examples=examples,
-                        rows={s: sorted(r) for s, r in leaked.items() if s != "ood"})
+                        rows={s: sorted(r) for s, r in leaked.items() if s != "ood"},
+                        ids={s: [tables[s].ids[i] for i in sorted(r)] for s, r in leaked.items() if s != "ood"})
     return report
 
 

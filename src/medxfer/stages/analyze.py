@@ -6,6 +6,7 @@ reading runs and artifacts back goes through :mod:`medxfer.results`."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import tempfile
 import warnings
@@ -21,7 +22,8 @@ from medxfer.analysis.baselines import BASELINES, add_baselines
 from medxfer.analysis.correlation import correlate
 from medxfer.analysis.ensembles import EnsembleWarning, add_ensembles, parse_ensembles
 from medxfer.analysis.figures import correlation_figures, save_figures
-from medxfer.analysis.ground_truth import Reliability, ground_truth_reliability, n_params
+from medxfer.analysis.ground_truth import Reliability, ground_truth_reliability, n_params, replicates_of
+from medxfer.analysis.leak_effect import LeakEffect, leak_effect
 from medxfer.analysis.report import describe_study
 from medxfer.cells import analysis_cell_id
 from medxfer.errors import MedxferError
@@ -149,6 +151,27 @@ def _log_reliability(out: Reliability) -> None:
     print(f"[analyze] ground truth reliability:\n{out.reliability.round(3).to_string(index=False)}", flush=True)
 
 
+def _log_leak_effect(effect: LeakEffect, figures_dir: Path) -> None:
+    """The accuracies and taus on the whole published test set beside those on its clean samples, where a
+    dataset's test set leaks from training: printed, logged as tables and written beside the figures."""
+    for note in effect.notes:
+        print(f"[analyze] {note}", flush=True)
+    if len(effect.accuracy) == 0:
+        return
+    datasets = sorted(set(effect.accuracy["dataset"]))
+    print(f"[analyze] leaked test samples ({', '.join(datasets)}): test balanced accuracy on every test sample "
+          f"and on the clean ones only (95 % intervals)\n{effect.accuracy.round(3).to_string(index=False)}", flush=True)
+    print(f"[analyze] Kendall tau with and without the leaked test samples\n"
+          f"{effect.tau.round(3).to_string(index=False)}", flush=True)
+    tracking.set_tags({"leak_effect": ", ".join(datasets)})
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, frame in (("leak_effect_accuracy", effect.accuracy), ("leak_effect_tau", effect.tau)):
+            frame.to_csv(Path(tmp) / f"{name}.csv", index=False)
+            frame.to_csv(figures_dir / f"{name}.csv", index=False)
+        tracking.log_artifacts(tmp, "tables")
+
+
 def ground_truth_protocol(selected: pd.DataFrame) -> str:
     """The fine-tune protocol behind the ground truth, as its runs record it (``search_protocol``; runs that
     predate the tag, or were fine-tuned alone, say so)."""
@@ -241,10 +264,12 @@ def run_analyze(cfg: DictConfig, manifest: Manifest | Callable[[], Manifest] | N
         figures = []
         _log_correlations(iid, "")
         with tempfile.TemporaryDirectory(prefix="medxfer-predictions-") as downloads:
+            read = functools.lru_cache(maxsize=None)(lambda run_id: predictions_of(run_id, downloads))
             reliability = ground_truth_reliability(study, tables.selected, iid_table, boot, figures_dir,
-                                                    _score_order(iid_table, names + list(BASELINES)),
-                                                    lambda run_id: predictions_of(run_id, downloads))
+                                                    _score_order(iid_table, names + list(BASELINES)), read)
+            leaked = leak_effect(replicates_of(tables.selected), iid_table, read, n_boot=boot["n"], seed=boot["seed"])
         _log_reliability(reliability)
+        _log_leak_effect(leaked, figures_dir)
         figures += reliability.figures
         figs = correlation_figures(iid_table, iid, title=f"{study}: ImageNet-feature scores vs test balanced accuracy\n{protocol}",
                                    target_label="test bal. acc.", scores=_score_order(iid_table, names + list(BASELINES)),

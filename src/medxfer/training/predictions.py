@@ -16,17 +16,29 @@ SPLITS = ("test", "ood")
 @dataclass(frozen=True)
 class Predictions:
     """Shape: ``ids``: (N,) sample ids (as the split's ``SampleTable.ids``); ``labels``: (N,) class indices;
-    ``probs``: (N, C) class probabilities of the evaluated checkpoint."""
+    ``probs``: (N, C) class probabilities of the evaluated checkpoint; ``leaked``: (N,) booleans, true for a sample
+    that leaks from training or validation (a byte-identical image or a shared group, :mod:`medxfer.data.leaks`), or None when the
+    split was not searched for leaks."""
 
     ids: np.ndarray
     labels: np.ndarray
     probs: np.ndarray
+    leaked: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.ids)
         if self.probs.ndim != 2 or len(self.probs) != n or len(self.labels) != n:
             raise ValueError(f"predictions of {n} ids, {len(self.labels)} labels and probs of shape "
                              f"{self.probs.shape}; expected (N,), (N,) and (N, C)")
+        if self.leaked is not None and len(self.leaked) != n:
+            raise ValueError(f"predictions of {n} ids and {len(self.leaked)} leak flags")
+
+    def clean(self) -> "Predictions":
+        """The samples that do not leak (all of them when none is flagged)."""
+        if self.leaked is None:
+            return self
+        keep = ~np.asarray(self.leaked, dtype=bool)
+        return Predictions(self.ids[keep], self.labels[keep], self.probs[keep], np.zeros(int(keep.sum()), bool))
 
     def balanced_accuracy(self) -> float:
         """Mean recall over the classes present in ``labels`` (argmax of ``probs``, first index on ties), as
@@ -38,8 +50,9 @@ class Predictions:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        extra = {} if self.leaked is None else {"leaked": np.asarray(self.leaked, dtype=bool)}
         np.savez(path, ids=np.asarray(self.ids, dtype=str), labels=np.asarray(self.labels, dtype=np.int64),
-                 probs=np.asarray(self.probs))
+                 probs=np.asarray(self.probs), **extra)
         return path
 
     @classmethod
@@ -49,4 +62,4 @@ class Predictions:
             missing = [k for k in ("ids", "labels", "probs") if k not in npz.files]
             if missing:
                 raise ValueError(f"{path}: predictions file lacks arrays {missing}; it has {npz.files}")
-            return cls(npz["ids"], npz["labels"], npz["probs"])
+            return cls(npz["ids"], npz["labels"], npz["probs"], npz["leaked"] if "leaked" in npz.files else None)
