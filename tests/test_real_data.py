@@ -86,3 +86,40 @@ def test_zoo_models_score_a_stratified_subset_of_brain_tumor(real_data, project,
     assert int(params["n_samples"]) <= 64 + 4  # a stratified subset: every class keeps a row
     assert tags["absent_splits"] == "ood" and "OOD metrics are not computed" in tags["absent/ood"]
     assert (tags["leak/policy"], tags["leak/test_in_train"], tags["leak/val_in_train"]) == ("keep", "81", "19")
+
+
+@pytest.mark.slow
+def test_the_medical_experiment_runs_end_to_end_on_real_images_and_a_rerun_adds_no_run(real_data, project, zoo_cache):
+    """``experiment=medical`` on a reduced grid (two models x BrainTumor and BreastMNIST, capped training sets):
+    scores, the halving search, the analysis with the leak's effect; then again, adding no run."""
+    import mlflow
+
+    from medxfer.workflows.study import run_study
+
+    cache = project / "cache"
+    cache.mkdir()
+    (cache / "zoo").symlink_to(Path(zoo_cache) / "zoo", target_is_directory=True)
+    q = lambda items: ",".join(f"'{i}'" for i in items)  # noqa: E731
+    caps = "dataset.max_samples={train: 60, val: 40, test: null, ood: null}"
+    overrides = [
+        "experiment=medical", f"paths.data_dir={real_data}", f"paths.cache_dir={cache}",
+        "models=[efficientnet_lite0,efficientnet_lite1]", "datasets=[brain_tumor,breastmnist]",
+        f"score.overrides=[{q(['score.names=[logme,leep]', 'preprocess=smoke', 'extract.progress=false', caps])}]",
+        f"finetune.overrides=[{q(['finetune=smoke', 'finetune.progress=false', caps])}]",
+        "analyze.overrides=['bootstrap.n=100']",
+    ]
+    report = run_study(compose_config("study", overrides))
+    # per (model, dataset): 3 points to epoch 1, the best to epoch 3, that point at seed 1
+    assert report.counts["finetune"] == {"skipped": 0, "ran": 4 * 5}
+    mlflow.set_tracking_uri(f"sqlite:///{project}/mlruns/mlflow.db")
+    finetune = mlflow.search_runs(experiment_names=["medical/finetune"])
+    assert set(finetune["status"]) == {"FINISHED"} and set(finetune["tags.search"]) == {"halving"}
+    analysis = mlflow.search_runs(experiment_names=["medical/analysis"]).iloc[0]
+    assert analysis["tags.ground_truth"].startswith("successive halving (eta 3, rungs at 1/3 epochs) over 3 Halton")
+    assert analysis["tags.leak_effect"] == "brain_tumor"  # BreastMNIST's official split does not leak by bytes
+    result = report.outputs["analysis"]
+    assert set(result.iid["dataset"]) == {"brain_tumor", "breastmnist", "ALL"} and not result.missing
+
+    again = run_study(compose_config("study", overrides))
+    assert again.counts == {"score": {"skipped": 4, "ran": 0}, "finetune": {"skipped": 20, "ran": 0}}
+    assert len(mlflow.search_runs(experiment_names=["medical/finetune"])) == len(finetune)

@@ -180,3 +180,39 @@ def test_halving_study_resumes_after_a_kill_between_rungs_and_reruns_nothing(pro
 
     again = run_study(_study(shared_data_dir, "halving"))
     assert again.counts["finetune"] == {"skipped": 10, "ran": 0} and len(_finetune_runs(project)) == len(runs)
+
+
+@pytest.mark.slow
+def test_two_processes_on_one_halving_search_give_one_result_per_rung(project, shared_data_dir):
+    """Two ``medxfer-study`` processes on one store at once: the cells' claims split each rung's points between
+    them, each waits for the points the other trains, and every rung of every point has one FINISHED run."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from medxfer.workflows.study import run_study
+
+    # the data and the score cells first, in this process: the race is about the search, not the generator
+    first = OmegaConf.to_container(_study(shared_data_dir, "halving"), resolve=True)
+    first["finetune"]["enabled"] = False
+    first["analyze"]["enabled"] = False
+    run_study(OmegaConf.create(first))
+    score = [*TINY_STAGE, "extract.progress=false", "score.names=[logme,leep]"]
+    finetune = [*TINY_STAGE, "finetune=smoke", "finetune.max_epochs=3", "finetune.progress=false", "ood_scores=[]"]
+    cmd = [str(Path(sys.executable).parent / "medxfer-study"), f"paths.data_dir={shared_data_dir}",
+           f"models=[{','.join(MODELS)}]", "datasets=[synthetic_derm]", f"score.overrides=[{_q(score)}]",
+           f"finetune.overrides=[{_q(finetune)}]", "finetune.trials=[0,1,2]", "finetune.seeds=[0,1]",
+           "finetune.search=halving", "analyze.enabled=false"]
+    env = {**os.environ, "MEDXFER_ROOT": str(project), "HF_HUB_OFFLINE": "1"}
+    procs = [subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out[-3000:]
+    runs = _finetune_runs(project)
+    assert set(runs["status"]) == {"FINISHED"} and runs["tags.cell"].is_unique, runs[["tags.mlflow.runName", "status"]]
+    # per model: 3 points to epoch 1, one to epoch 3, that one at seed 1; each trained by one of the two
+    assert len(runs) == 2 * 5
+    both = "\n".join(outputs)
+    assert both.count(": starting") + both.count(": resuming from") == 10, both[-4000:]

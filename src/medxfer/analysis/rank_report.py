@@ -37,6 +37,13 @@ def rank_figure(table: pd.DataFrame, ranker: str, path: Path) -> Path:
     return path
 
 
+def draw_words(draw: str) -> str:
+    """How the images were drawn for the rank intervals, in words."""
+    if draw == "bootstrap":
+        return "each class to its size, with replacement"
+    return "a random half of each class, without replacement"
+
+
 def write_report(result: Any, folder: Path) -> Path:
     """``folder/report.md`` and ``folder/rank_intervals.png`` for a :class:`medxfer.stages.rank.RankResult`;
     returns the report's path."""
@@ -65,8 +72,8 @@ def write_report(result: Any, folder: Path) -> Path:
         lines += ["## The evidence", "", f"None under these settings ({result.evidence_source}): nothing says this "
                   "ranking predicts fine-tuned accuracy.", ""]
     lines += ["## The ranking", "",
-              f"Rank interval: the 95 % range of each model's rank over bootstrap draws of your images "
-              f"(class by class, with replacement); P(first): the share of draws in which it ranks first.", "",
+              f"Rank interval: the 95 % range of each model's rank over draws of your images "
+              f"({draw_words(result.draw)}); P(first): the share of draws in which it ranks first.", "",
               f"| rank | model | {result.ranker} | rank interval | P(first) | fine-tune |", "|---:|---|---:|---:|---:|---|"]
     for m in d["models"]:
         interval = "-" if m["rank_lo"] is None else f"{m['rank_lo']:.0f}-{m['rank_hi']:.0f}"

@@ -5,7 +5,7 @@ with ``score=auto``, whichever score, ensemble or data-blind baseline had the be
 the tracked study's analysis (or its runs) when the store has the study, else the evidence shipped with medxfer
 (:mod:`medxfer.analysis.evidence`). For each model: the features of the dataset's training split through the score
 stage's feature cache (decoded images shared by the models of one geometry), the ranker's scores, and the same
-scores on bootstrap draws of the images for an interval of its rank. The answer: the ranking, the chance the top
+scores on draws of the images (random halves of each class) for an interval of its rank. The answer: the ranking, the chance the top
 pick was the best in the study and its expected regret, a shortlist to fine-tune sized by both, a report
 (``<output_dir>/rank/<dataset>/report.md`` with a figure, and ``rank.json``), all logged to one run of
 ``<study>/rank``.
@@ -51,7 +51,7 @@ from medxfer.results import NoAnalysisRun, analysis_evidence, has_finished_runs,
 from medxfer.scores import ScoreError, ScoreWarning, compute_scores
 from medxfer.scores.isolated import single_thread
 from medxfer.scores.options import non_default_options, score_names, score_options
-from medxfer.scores.resample import resampled_scores
+from medxfer.scores.resample import DRAWS, resampled_scores
 from medxfer.tracking import cell_run, ensure_experiment, setup_tracking
 
 SPLIT = "train"  # the training split, as the score stage (and the paper) scores it
@@ -113,6 +113,7 @@ class RankResult:
     report_path: Path | None = None
     synthetic_evidence: bool = False
     ceiling: float | None = None
+    draw: str = "half"  # how the images were drawn for the rank intervals (medxfer.scores.resample)
 
     @property
     def best(self) -> list[str]:
@@ -333,6 +334,9 @@ def run_rank(cfg: DictConfig, inputs: RankInputs, overrides: list[str] | None = 
     models = dict(inputs.models)
     if len(models) < 2:
         raise RankError(f"models={list(models)}: a ranking needs at least 2 models")
+    draw = c["rank"]["bootstrap"].get("draw", "half")
+    if draw not in DRAWS:
+        raise RankError(f"rank.bootstrap.draw={draw!r}; expected one of {list(DRAWS)}")
     preprocess = c.get("preprocess") or inputs.study_preprocess
     user_tags = {str(k): str(v) for k, v in (c.get("tags") or {}).items()}
     clash = sorted(set(user_tags) & set(SCHEMA_TAGS))
@@ -405,7 +409,8 @@ def run_rank(cfg: DictConfig, inputs: RankInputs, overrides: list[str] | None = 
                          "scores do on medical images")
         result = RankResult(ranked, ranker.name, why, name, len(table), n_classes, row, evidence.describe(),
                             run.info.run_id, experiment, shortlist, notes, cached,
-                            synthetic_evidence=evidence.synthetic, ceiling=evidence.ceiling if row else None)
+                            synthetic_evidence=evidence.synthetic, ceiling=evidence.ceiling if row else None,
+                            draw=draw)
         folder = Path(c["report_dir"]) if c.get("report_dir") else Path(c["paths"]["output_dir"]) / "rank" / name
         result.report_path = write_report(result, folder)
         (folder / "rank.json").write_text(json.dumps(result.decision(), indent=1) + "\n")
@@ -459,7 +464,8 @@ def _model_values(ranker: Ranker, models: dict[str, dict[str, Any]], specs: dict
                 raise RankError(f"model {m}: {err}") from err
         # the draws only shape an interval: they need not reproduce to the last bit, so they may use every thread
         draws[m] = resampled_scores(feats.features, table.labels, feats.probs, ranker.scores, n=int(boot["n"]),
-                                    seed=int(boot["seed"]), device=r.get("device"), options=options)
+                                    seed=int(boot["seed"]), draw=boot.get("draw", "half"), device=r.get("device"),
+                                    options=options)
         shown = ", ".join(f"{k}={v:.6g}" for k, v in values[m].items())
         print(f"[rank] {i}/{len(specs)} {m}: {shown} (features {'from the cache' if cached[m] else 'extracted'} at "
               f"{resolved.input_size} px, {time.perf_counter() - t0:.1f} s)", flush=True)
