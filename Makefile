@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.medxfer-installed
 HOST   ?= 127.0.0.1
 PORT   ?= 5000
 
-.PHONY: install study test test-slow ui bench bench-extract bench-rank evidence clean-outputs
+.PHONY: install study test test-slow ui bench bench-extract bench-rank bench-ground-truth evidence clean-outputs
 
 install: $(STAMP)
 
@@ -40,6 +40,9 @@ bench-extract: $(STAMP)
 
 bench-rank: $(STAMP)
 	$(PY) benchmarks/rank.py
+
+bench-ground-truth: $(STAMP)
+	$(PY) benchmarks/ground_truth.py
 
 # the evidence medxfer-rank ships, regenerated from the default study's newest analysis run in ./mlruns
 evidence: $(STAMP)
