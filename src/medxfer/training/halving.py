@@ -26,7 +26,6 @@ import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from medxfer.analysis.selection import trial_order
 from medxfer.errors import MedxferError
 
 
@@ -81,6 +80,8 @@ class Halving:
         :meth:`size` points of the rung below by the selection rule. ``results`` maps (point, rung) to what that
         point reached at the end of that rung; every point of every rung below ``rung`` must have one (else the
         rung below is not finished: an error naming the points)."""
+        from medxfer.analysis.selection import trial_order  # the analysis package loads pandas: not at import
+
         self._check_rung(rung)
         results = results or {}
         points = list(self.points)
@@ -96,6 +97,8 @@ class Halving:
 
     def selected(self, results: Mapping[tuple[int, int], RungResult], mode: str = "max") -> int:
         """The point the search selects: the best of the last rung by the selection rule."""
+        from medxfer.analysis.selection import trial_order
+
         last = self.rungs - 1
         points = self.rung_points(last, results, mode)
         missing = [p for p in points if (p, last) not in results]

@@ -23,7 +23,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from medxfer.analysis.selection import SELECTION_METRIC
 from medxfer.errors import MedxferError
 from medxfer.training.halving import Halving, RungResult, halving
 
@@ -98,6 +97,8 @@ Metrics = Mapping[str, float]
 def rung_result(metrics: Metrics) -> RungResult:
     """What the search selects by, from a rung's (or full trial's) metrics; a diverged trial logs no finite
     validation metrics and counts as NaN (last)."""
+    from medxfer.analysis.selection import SELECTION_METRIC  # the analysis package loads pandas: not at import
+
     return RungResult(float(metrics.get(SELECTION_METRIC, math.nan)), float(metrics.get("best/val_loss", math.nan)))
 
 
