@@ -80,11 +80,12 @@ def _check_interrupted(proc, signum: int, root: Path, experiment: str, script: s
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
 def test_interrupt_during_extraction(signum, tmp_path, shared_data_dir):
-    # enough images that extraction takes seconds: the signal lands inside Lightning's predict loop
+    # enough images that extraction takes seconds: the signal lands inside Lightning's predict loop (at 96 px the
+    # whole cell, LogME included, took 1.4 s on a 2-core CPU machine, and the signal could arrive after it)
     cmd = [str(BIN / "medxfer-score"), f"paths.data_dir={tmp_path}/data", "splits=[train]",
-           "dataset.synthetic.n_per_class=150", "dataset.synthetic.image_size=96", "dataset.synthetic.progress=false",
-           "dataset.split.val=0.15", "dataset.split.test=0.15",  # ~210 training images: seconds of extraction
-           "dataset.ood.synthetic.progress=false", "preprocess.input_size=96", "extract.progress=false",
+           "dataset.synthetic.n_per_class=200", "dataset.synthetic.image_size=224", "dataset.synthetic.progress=false",
+           "dataset.split.val=0.15", "dataset.split.test=0.15",  # ~280 training images: seconds of extraction
+           "dataset.ood.synthetic.progress=false", "preprocess.input_size=224", "extract.progress=false",
            "extract.batch_size=4", "extract.num_workers=0", "score.names=[logme]", f"hydra.run.dir={tmp_path}/run"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)

@@ -30,6 +30,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from medxfer.errors import MedxferError
+from medxfer.interrupts import Interrupted
 from medxfer.data.loading import resolve_num_workers
 from medxfer.data.tables import DatasetSplits
 from medxfer.data.transforms import Preprocess
@@ -241,6 +242,12 @@ def _fit(
     trainer = _trainer(ft, [best_cb, resume_cb, MlflowEpochMetrics(), *callbacks], stop_epoch)
     with _quiet_lightning_warnings(), _interrupt_as_keyboard_interrupt(trainer):
         trainer.fit(module, loaders["train"], loaders["val"], ckpt_path=resume, weights_only=True)
+    target = stop_epoch or ft["max_epochs"]
+    if trainer.current_epoch < target:
+        # On SLURM, Lightning answers a SIGTERM (a requeue, a preemption) by stopping at the end of the epoch and
+        # returning as if done: a trial short of its epochs is an interrupted one, to resume, never a result
+        raise Interrupted(signal.SIGTERM) if getattr(trainer, "received_sigterm", False) else KeyboardInterrupt(
+            f"fine-tuning stopped after {trainer.current_epoch} of {target} epochs")
     best_path = best_cb.best_model_path or str(checkpoints.best)
     if not Path(best_path).is_file():
         raise RuntimeError(f"fine-tuning ended without a best checkpoint ({best_path} is missing)")
