@@ -305,11 +305,16 @@ def _rung_metrics(best_path: str) -> dict[str, float]:
 
 
 def _trainer(ft: dict[str, Any], callbacks: list[L.Callback], stop_epoch: int | None = None) -> L.Trainer:
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
     quiet_lightning()
+    # Under SLURM, Lightning's own auto-requeue turns a SIGTERM (a requeue, a preemption) into a quiet stop at the
+    # epoch's end, which would read as a finished trial: submitit requeues, medxfer's handlers interrupt
+    slurm = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
     return L.Trainer(
         max_epochs=stop_epoch or ft["max_epochs"],  # the module's cosine schedule spans ft["max_epochs"] regardless accelerator=ft["accelerator"], devices=1, precision=ft["precision"],
         deterministic=ft["deterministic"], logger=False, callbacks=callbacks,
-        enable_progress_bar=show_progress(ft["progress"], "finetune.progress"), enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1, plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=show_progress(ft["progress"], "finetune.progress"), enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1, plugins=[AtomicCheckpointIO(), *slurm],
     )
 
 
