@@ -94,6 +94,7 @@ class StudyGrid:
         self._finished: dict[str, dict[str, float]] | None = None
         self._listing: Any = None
         self._notes: list[str] = []
+        self._max_epochs: dict[tuple[str, str], int] = {}
 
     def _compose(self, name: str, overrides: list[str]) -> DictConfig:
         key = (name, tuple(overrides))
@@ -119,11 +120,9 @@ class StudyGrid:
     def protocol_tags(self, model: str, dataset: str, rung: int | None = None) -> dict[str, str]:
         """The fine-tune protocol as tags for the runs of (model, dataset) (and, under halving, the rung), which
         the study puts on every fine-tune run it starts: not part of the cell, nor of its config."""
-        ft = self.search
-        if ft is None:
+        if self.search is None:
             return {}
-        max_epochs = int(self.trial_config(model, dataset, ft.points[0], ft.seeds[0]).finetune.max_epochs)
-        tags = ft.protocol(max_epochs)
+        tags = self.search.protocol(self.max_epochs(model, dataset))
         if rung is not None:
             tags["search_rung"] = f"{rung + 1}/{self.halving(model, dataset).rungs}"
         return tags
@@ -131,8 +130,16 @@ class StudyGrid:
     def halving(self, model: str, dataset: str) -> Halving:
         """The halving search of one (model, dataset): the study's points up to its fine-tune config's epochs."""
         assert self.search is not None and self.search.kind == "halving", "finetune.search is not halving"
-        ft = self.search
-        return ft.halving(int(self.trial_config(model, dataset, ft.points[0], ft.seeds[0]).finetune.max_epochs))
+        return self.search.halving(self.max_epochs(model, dataset))
+
+    def max_epochs(self, model: str, dataset: str) -> int:
+        """The full budget of (model, dataset)'s trials, from its fine-tune config (read once per pair: the rung
+        and protocol of every trial of a search ask for it)."""
+        if (model, dataset) not in self._max_epochs:
+            ft = self.search
+            cfg = self.trial_config(model, dataset, ft.points[0], ft.seeds[0])
+            self._max_epochs[model, dataset] = int(cfg.finetune.max_epochs)
+        return self._max_epochs[model, dataset]
 
     def rung_config(self, model: str, dataset: str, point: int, rung: int, seed: int) -> DictConfig:
         """The fine-tune config of one rung of one point of the halving search of (model, dataset): the trial's
@@ -216,9 +223,7 @@ class StudyGrid:
         """The fine-tune protocol in one line (:meth:`medxfer.workflows.search.SearchSettings.title`)."""
         if self.search is None:
             return None
-        m, d = self.pairs[0]
-        max_epochs = int(self.trial_config(m, d, self.search.points[0], self.search.seeds[0]).finetune.max_epochs)
-        return self.search.title(max_epochs)
+        return self.search.title(self.max_epochs(*self.pairs[0]))
 
 
 def study_models() -> list[str]:
